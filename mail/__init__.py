@@ -1,0 +1,1 @@
+"""deskq's mail layer: sources (IMAP, Maildir), parsing, threading, replies, sending."""

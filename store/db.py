@@ -1,0 +1,157 @@
+"""Opening the database: engines tuned per backend, sessions, schema at head.
+
+The caller owns the session: one per user action or worker pass. Reads use
+:meth:`Database.session`; anything that writes uses :meth:`Database.write`, which on
+SQLite starts with ``BEGIN IMMEDIATE`` so a second writer waits ``busy_timeout``
+for the lock instead of failing half-way with "database is locked".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is meant for the user as-is."""
+
+
+def masked(url: str | URL) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def normalise_url(url: str, password: str | None = None) -> URL:
+    """Parse ``url``, expand ``~`` in SQLite paths and inject a password kept elsewhere."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            f"database url {url!r} is not a valid URL. Fix: use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DBNAME."
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseError(
+            f"database url {masked(parsed)}: deskq supports SQLite and PostgreSQL, not {backend}."
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
+    if password is not None:
+        parsed = parsed.set(password=password)
+    return parsed
+
+
+def _sqlite_engine(url: URL, busy_timeout_ms: int, **kw: Any) -> Engine:
+    if url.database and url.database != ":memory:":
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the folder for {url.database}: {exc.strerror}. "
+                "Fix: choose a writable path in [database] url."
+            ) from None
+    engine = create_engine(url, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control away from pysqlite so BEGIN is ours (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    password: str | None = None,
+    busy_timeout_ms: int = 10_000,
+    echo: bool = False,
+) -> Engine:
+    """An engine for ``url`` with deskq's per-backend settings (WAL, foreign keys...)."""
+    parsed = url if isinstance(url, URL) else normalise_url(url, password)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, busy_timeout_ms, echo=echo)
+    return create_engine(parsed, echo=echo, pool_pre_ping=True)
+
+
+class Database:
+    """An opened deskq database: engine, read sessions and write transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        write_engine = (
+            engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
+        )
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(write_engine, expire_on_commit=False)
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        busy_timeout_ms: int = 10_000,
+        upgrade: bool = True,
+    ) -> Database:
+        """Connect, check the schema and (by default) migrate it to head."""
+        from store import migrate
+
+        engine = make_engine(url, password=password, busy_timeout_ms=busy_timeout_ms)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except (OperationalError, SADatabaseError) as exc:
+            engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseError(
+                f"cannot open the database {masked(engine.url)}: {reason}. Fix: check [database] "
+                "url in the config, that the server is running and the path is writable."
+            ) from None
+        db = cls(engine)
+        if upgrade:
+            migrate.upgrade(db.engine)
+        else:
+            migrate.check_not_newer(db.engine)
+        return db
+
+    def session(self) -> Session:
+        """A session for reading (use as a context manager)."""
+        return self._read()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session inside one transaction that commits on success, rolls back on error."""
+        with self._write() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()

@@ -1,0 +1,120 @@
+"""Schema migrations: keep every database at the head revision this deskq knows.
+
+Start-up pays only for one ``SELECT`` from ``alembic_version`` when the schema is
+already current; Alembic itself is imported only when there is work to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, inspect, text
+
+from store.db import DatabaseError, masked
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest revision in store/migrations/versions (a test keeps these in step).
+SCHEMA_HEAD = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Arbitrary constant key for pg_advisory_xact_lock: one migrator at a time.
+_PG_LOCK_KEY = 0x6465736B71
+
+
+# Objects maintained by hand-written SQL in the migrations (full-text search), which
+# the models deliberately do not describe; autogenerate must not try to drop them.
+HAND_MADE_TABLE_PREFIX = "messages_fts"
+HAND_MADE_COLUMNS = {("messages", "search_vector")}
+HAND_MADE_INDEXES = {"ix_messages_search_vector"}
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic hook: keep autogenerate away from the full-text search objects."""
+    if type_ == "table" and name and name.startswith(HAND_MADE_TABLE_PREFIX):
+        return False
+    if type_ == "column" and (getattr(obj.table, "name", None), name) in HAND_MADE_COLUMNS:
+        return False
+    return not (type_ == "index" and name in HAND_MADE_INDEXES)
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic config pointing at deskq's migrations (no alembic.ini needed)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision recorded in the database, or None for an empty database."""
+    if not inspect(conn).has_table("alembic_version"):
+        tables = [t for t in inspect(conn).get_table_names() if not t.startswith("sqlite_")]
+        if tables:
+            raise DatabaseError(
+                f"the database {masked(conn.engine.url)} holds tables "
+                f"({', '.join(sorted(tables)[:5])}...) but no deskq schema version: "
+                "it belongs to something else. "
+                "Fix: point [database] url at an empty or deskq database."
+            )
+        return None
+    row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+    return row[0] if row else None
+
+
+def known_revisions() -> set[str]:
+    """Every revision this deskq ships."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _refuse_newer(conn: Connection, revision: str | None) -> None:
+    if revision is None or revision == SCHEMA_HEAD or revision in known_revisions():
+        return
+    raise DatabaseError(
+        f"the database {masked(conn.engine.url)} was migrated by a newer deskq (schema revision "
+        f"{revision}; this deskq knows up to {SCHEMA_HEAD}). Fix: upgrade deskq "
+        "(pip install -U deskq) on this machine; deskq never downgrades a database."
+    )
+
+
+def check_not_newer(engine: Engine) -> str | None:
+    """Raise :class:`DatabaseError` if a newer deskq migrated this database."""
+    with engine.connect() as conn:
+        revision = current_revision(conn)
+        _refuse_newer(conn, revision)
+        return revision
+
+
+def is_current(engine: Engine) -> bool:
+    """Whether the schema is at this deskq's head."""
+    with engine.connect() as conn:
+        return current_revision(conn) == SCHEMA_HEAD
+
+
+def upgrade(engine: Engine) -> bool:
+    """Migrate to head; returns whether anything was applied. Safe to run concurrently."""
+    if check_not_newer(engine) == SCHEMA_HEAD:
+        return False
+    from alembic import command
+
+    locked = engine.execution_options(sqlite_begin="IMMEDIATE")
+    with locked.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        revision = current_revision(conn)  # another process may have migrated meanwhile
+        _refuse_newer(conn, revision)
+        if revision == SCHEMA_HEAD:
+            return False
+        command.upgrade(alembic_config(conn), "head")
+    return True

@@ -1,0 +1,1 @@
+"""Alembic migrations for the deskq schema (applied automatically at start-up)."""

@@ -1,0 +1,79 @@
+"""A workspace: the validated settings plus the opened database, built one way for all.
+
+The CLI, the poller, the TUI and the tests all start from :func:`open_workspace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.config import Settings
+from store.db import Database
+from store.models import Queue, QueueAlias
+from store.secrets import resolve_password
+from store.services import get_or_create_person
+
+
+@dataclass
+class Workspace:
+    """Settings and database of one deskq installation."""
+
+    settings: Settings
+    db: Database
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.close()
+
+
+def open_workspace(settings: Settings, *, upgrade: bool = True) -> Workspace:
+    """Open (and by default migrate) the configured database and mirror the queues into it."""
+    password = resolve_password(settings.database, "[database]")
+    db = Database.open(
+        settings.database.url,
+        password=password,
+        busy_timeout_ms=settings.database.busy_timeout_ms,
+        upgrade=upgrade,
+    )
+    with db.write() as session:
+        sync_queues(session, settings)
+    return Workspace(settings, db)
+
+
+def sync_queues(session: Session, settings: Settings) -> None:
+    """Make the queues table match the config (queues are never deleted: tickets keep them)."""
+    existing = {q.key: q for q in session.scalars(select(Queue))}
+    for qs in settings.queue:
+        queue = existing.get(qs.key)
+        if queue is None:
+            queue = Queue(
+                key=qs.key,
+                name=qs.name,
+                tag=qs.tag,
+                address=qs.address.lower(),
+                signature=qs.signature,
+            )
+            session.add(queue)
+        else:
+            queue.name, queue.tag, queue.signature = qs.name, qs.tag, qs.signature
+            queue.address = qs.address.lower()
+        session.flush()
+        wanted = set(qs.all_aliases)
+        for alias in session.scalars(select(QueueAlias).where(QueueAlias.address.in_(wanted))):
+            if alias.queue_id != queue.id:
+                alias.queue_id = queue.id
+        for alias in list(queue.aliases):
+            if alias.address not in wanted:
+                session.delete(alias)
+        have = {
+            a.address
+            for a in session.scalars(select(QueueAlias).where(QueueAlias.queue_id == queue.id))
+        }
+        for address in sorted(wanted - have):
+            session.add(QueueAlias(address=address, queue_id=queue.id))
+        session.flush()
+    if settings.me:
+        get_or_create_person(session, settings.me, provider=True)

@@ -1,0 +1,1 @@
+"""deskq's terminal side: the command line and the Textual app (imported lazily)."""

@@ -1,0 +1,275 @@
+"""The ``deskq`` command. Imports stay lazy: ``deskq --help`` and ``deskq poll`` never
+load textual, and each subcommand imports only what it uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from store.config import Settings
+    from store.workspace import Workspace
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem to report in one paragraph, without a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from store.config import load_settings, resolve_config_path
+
+    return load_settings(resolve_config_path(args.config))
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    from store.workspace import open_workspace
+
+    return open_workspace(_settings(args))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """Without a subcommand: the terminal UI."""
+    raise UserError(
+        "the terminal UI is not part of this version yet; use 'deskq list' and "
+        "'deskq show ID' to look at the queue (see 'deskq --help').",
+        EXIT_USAGE,
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a starter config (unless one exists) and create the database."""
+    import getpass
+    import socket
+
+    from store.config import default_data_dir, load_settings, resolve_config_path
+    from store.workspace import open_workspace
+    from tui.starter import starter_config
+
+    path = resolve_config_path(args.config)
+    if path.exists() and not args.force:
+        print(f"config: {path} exists, left as it is (--force to overwrite)")
+    else:
+        data = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+        me = args.me or f"{getpass.getuser()}@{socket.gethostname() or 'localhost'}"
+        url = args.database or f"sqlite:///{data / 'deskq.db'}"
+        maildir = data / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(starter_config(me, url, maildir), encoding="utf-8")
+        print(f"config: wrote {path}")
+    settings = load_settings(path)
+    ws = open_workspace(settings)
+    try:
+        from store.db import masked
+
+        print(f"database: {masked(ws.db.engine.url)} is ready")
+    finally:
+        ws.close()
+    print("next: edit the config, then 'deskq config check' and 'deskq list'")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the config and print it as deskq understands it, secrets masked."""
+    from tui.config_view import render_effective
+
+    settings = _settings(args)
+    print(f"# {settings.path}: valid")
+    print(render_effective(settings), end="")
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the database to this deskq's schema."""
+    from store import migrate
+    from store.db import Database, masked
+    from store.secrets import resolve_password
+
+    settings = _settings(args)
+    db = Database.open(
+        settings.database.url,
+        password=resolve_password(settings.database, "[database]"),
+        busy_timeout_ms=settings.database.busy_timeout_ms,
+        upgrade=False,
+    )
+    try:
+        changed = migrate.upgrade(db.engine)
+        state = "migrated to" if changed else "already at"
+        print(f"database {masked(db.engine.url)}: {state} schema {migrate.SCHEMA_HEAD}")
+    finally:
+        db.close()
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List tickets, oldest first."""
+    from store.views import iter_tickets, parse_statuses
+    from tui.output import print_table, write_json_array
+
+    try:
+        statuses = parse_statuses(args.status) if args.status else []
+    except ValueError as exc:
+        raise UserError(f"--status: {exc}", EXIT_USAGE) from None
+    ws = _workspace(args)
+    try:
+        if args.queue and args.queue not in {q.key for q in ws.settings.queue}:
+            known = ", ".join(q.key for q in ws.settings.queue) or "none configured"
+            raise UserError(f"--queue: no queue {args.queue!r} (queues: {known})", EXIT_USAGE)
+        with ws.db.session() as session:
+            tickets = iter_tickets(session, queue=args.queue, statuses=statuses, search=args.search)
+            if args.json:
+                write_json_array(sys.stdout, (t.as_json() for t in tickets))
+            else:
+                print_table(tickets, now=datetime.now(UTC))
+    finally:
+        ws.close()
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Show one ticket with its conversation and history."""
+    from store.views import ticket_detail
+    from tui.output import print_detail
+
+    ws = _workspace(args)
+    try:
+        with ws.db.session() as session:
+            detail = ticket_detail(session, args.id)
+        if detail is None:
+            raise UserError(f"there is no ticket #{args.id}")
+        if args.json:
+            json.dump(detail.as_json(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print_detail(detail)
+    finally:
+        ws.close()
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every deskq command."""
+    parser = argparse.ArgumentParser(
+        prog="deskq",
+        description="Turn a team's shared mailbox into a work queue. Without a command: "
+        "the terminal UI.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $DESKQ_CONFIG, then the platform's "
+        "config dir, e.g. ~/.config/deskq/config.toml)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.set_defaults(func=cmd_tui)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write a starter config and create the database")
+    p.add_argument("--me", metavar="ADDRESS", help="your address (default: user@host)")
+    p.add_argument("--database", metavar="URL", help="database URL for the starter config")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="where the starter config puts the database and Maildir"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("config", help="config file commands")
+    csub = p.add_subparsers(title="config commands", metavar="COMMAND", required=True)
+    c = csub.add_parser("check", help="validate and print the effective config, secrets masked")
+    c.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("db", help="database commands")
+    dsub = p.add_subparsers(title="db commands", metavar="COMMAND", required=True)
+    c = dsub.add_parser("upgrade", help="migrate the database to this deskq's schema")
+    c.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("list", help="list tickets")
+    p.add_argument("--queue", metavar="Q", help="only this queue (its key)")
+    p.add_argument("--status", metavar="S", help="only these statuses, comma-separated")
+    p.add_argument(
+        "--search", metavar="WORDS", help="only tickets whose mail contains all these words"
+    )
+    p.add_argument("--json", action="store_true", help="a JSON array (see README)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="show one ticket")
+    p.add_argument("id", type=int, metavar="ID", help="ticket number")
+    p.add_argument("--json", action="store_true", help="a JSON object (see README)")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def _user_message(exc: BaseException) -> tuple[str, int] | None:
+    """The one-paragraph message and exit code for an expected failure, else None."""
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+    from store.config import ConfigError
+    from store.db import DatabaseError
+    from store.secrets import SecretError
+    from store.services import ActionError
+
+    if isinstance(exc, UserError):
+        return str(exc), exc.code
+    if isinstance(exc, ConfigError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, DatabaseError | SecretError | ActionError):
+        return str(exc), EXIT_FAILURE
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        return (
+            f"the database failed: {reason}. Retry; if it persists, check the database "
+            "server or file (run with --debug for details).",
+            EXIT_FAILURE,
+        )
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {str(exc).splitlines()[0]} (run with --debug for details)", 1
+    if isinstance(exc, BrokenPipeError):
+        return "", EXIT_OK
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deskq`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        handled = _user_message(exc)
+        if handled is None or args.debug:
+            raise
+        message, code = handled
+        if isinstance(exc, BrokenPipeError):
+            # stdout went away (deskq list | head): exit quietly, as Unix tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return code
+        print(f"deskq: {message}", file=sys.stderr)
+        return code
