@@ -195,7 +195,11 @@ def _load_for_change(session: Session, ticket_id: int, expected_version: int) ->
 
 
 class _Change:
-    """One action on one ticket: version check on entry, one version bump, its events."""
+    """One action on one ticket: version check on entry, then its events.
+
+    The version is bumped once, with the first event: an action that turns out to
+    change nothing leaves the ticket (and its version) as it was.
+    """
 
     def __init__(
         self, session: Session, ticket_id: int, expected_version: int, actor: Person | None
@@ -204,10 +208,11 @@ class _Change:
         self.ticket = _load_for_change(session, ticket_id, expected_version)
         self.expected = expected_version
         self.at = utcnow()
-        self.ticket.version = expected_version + 1
-        self.ticket.updated_at = self.at
 
     def event(self, kind: str, data: dict[str, Any] | None = None) -> Event:
+        if self.ticket.version == self.expected:
+            self.ticket.version = self.expected + 1
+            self.ticket.updated_at = self.at
         return record_event(self.session, self.ticket, kind, self.actor, data, at=self.at)
 
     def set_status(self, status: Status) -> None:

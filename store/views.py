@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Integer, Select, func, select, text
 from sqlalchemy.orm import Session, aliased
 
 from store.models import (
@@ -282,19 +282,18 @@ def fts_query(words: str) -> str:
 def search_ticket_ids(session: Session, words: str) -> Select[Any]:
     """A select of ticket ids whose messages' subject or body contain all ``words``."""
     if session.get_bind().dialect.name == "sqlite":
-        query = fts_query(words)
-        return (
-            select(Message.ticket_id)
-            .distinct()
-            .join_from(Message, text("messages_fts"), text("messages_fts.rowid = messages.id"))
-            .where(text("messages_fts MATCH :fts").bindparams(fts=query or '""'))
+        matches = (
+            text("SELECT rowid FROM messages_fts WHERE messages_fts MATCH :fts")
+            .bindparams(fts=fts_query(words) or '""')
+            .columns(rowid=Integer)
         )
+        return select(Message.ticket_id).where(Message.id.in_(matches)).distinct()
     return (
         select(Message.ticket_id)
-        .distinct()
         .where(
             text("messages.search_vector @@ plainto_tsquery('simple', :fts)").bindparams(fts=words)
         )
+        .distinct()
     )
 
 
@@ -335,21 +334,19 @@ def ticket_detail(session: Session, ticket_id: int) -> TicketDetail | None:
     summary = ticket_summary(session, ticket_id)
     if summary is None:
         return None
-    flags = dict(
-        session.execute(
+    flags = {
+        flag: detail
+        for flag, detail in session.execute(
             select(TicketFlag.flag, TicketFlag.detail).where(TicketFlag.ticket_id == ticket_id)
         )
-        .tuples()
-        .all()
-    )
+    }
     links = tuple(
-        session.execute(
+        (other, kind)
+        for other, kind in session.execute(
             select(TicketLink.other_id, TicketLink.kind)
             .where(TicketLink.ticket_id == ticket_id)
             .order_by(TicketLink.other_id)
         )
-        .tuples()
-        .all()
     )
     messages = session.scalars(
         select(Message).where(Message.ticket_id == ticket_id).order_by(Message.id)
