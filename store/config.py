@@ -131,6 +131,7 @@ class MailboxSettings:
         "Seconds between polls when the server has no IDLE (and between Maildir scans).",
         default=60,
     )
+    idle: bool = doc("Use IMAP IDLE (push) when the server offers it.", default=True)
 
     @property
     def effective_port(self) -> int:
@@ -152,6 +153,15 @@ class QueueSettings:
         "Addresses whose mail lands in this queue; address is always included.", default=()
     )
     signature: str = doc("Signature appended to replies from this queue.", default="")
+    allowed_domains: tuple[str, ...] = doc(
+        "If set, only senders from these domains open tickets; others are quarantined.",
+        default=(),
+    )
+    auto_ack: bool = doc("Send an automatic acknowledgement for each new ticket.", default=False)
+    auto_ack_template: str = doc("Template used for the acknowledgement.", default="acknowledge")
+    auto_ack_per_hour: int = doc(
+        "At most this many acknowledgements per sender per hour (loop guard).", default=3
+    )
 
     @property
     def all_aliases(self) -> tuple[str, ...]:
@@ -201,6 +211,17 @@ class SendingSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    """``[ingest]``: how mail becomes tickets."""
+
+    max_message_bytes: int = doc(
+        "Larger messages keep their raw source but are not parsed (ticket flagged too-large).",
+        default=25 * 1024 * 1024,
+    )
+    batch_size: int = doc("Messages fetched and committed per transaction.", default=200)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole config file."""
 
@@ -208,6 +229,7 @@ class Settings:
     database: DatabaseSettings = doc("Where the queue lives.", default_factory=DatabaseSettings)
     mailbox: tuple[MailboxSettings, ...] = doc("Shared mailboxes to read.", default=())
     queue: tuple[QueueSettings, ...] = doc("Provider queues.", default=())
+    ingest: IngestSettings = doc("How mail becomes tickets.", default_factory=IngestSettings)
     sending: SendingSettings | None = doc(
         "How replies are sent; unset: replies stay queued.", default=None
     )
@@ -449,6 +471,22 @@ def _check(s: Settings, path: Path | str) -> None:
                     "an address can feed only one queue; remove it from one of them.",
                 )
             owner[alias] = q.key
+    if s.ingest.max_message_bytes < 1024 or s.ingest.batch_size < 1:
+        raise ConfigError(
+            path,
+            "ingest",
+            "max_message_bytes must be >= 1024 and batch_size >= 1.",
+            "use e.g. max_message_bytes = 26214400, batch_size = 200.",
+        )
+    for i, q in enumerate(s.queue):
+        for j, domain in enumerate(q.allowed_domains):
+            if not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+                raise ConfigError(
+                    path,
+                    f"queue[{i}].allowed_domains[{j}]",
+                    f"{domain!r} is not a domain name.",
+                    'write e.g. "corp.example".',
+                )
     names: set[str] = set()
     for i, m in enumerate(s.mailbox):
         k = f"mailbox[{i}]"
@@ -541,6 +579,7 @@ def iter_reference() -> Iterator[tuple[str, str, str, str]]:
         ("database", DatabaseSettings),
         ("mailbox", MailboxSettings),
         ("queue", QueueSettings),
+        ("ingest", IngestSettings),
         ("sending", SendingSettings),
     ]
     for prefix, cls in sections:

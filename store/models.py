@@ -269,6 +269,8 @@ class RawSource(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     uid: Mapped[int | None] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What ingestion made of it: ticket, own-mail (ours, no ticket), parse-error...
+    disposition: Mapped[str] = mapped_column(String(32), default="ticket")
 
 
 class Message(Base):
@@ -373,8 +375,12 @@ class OutboxItem(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     message_row_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    # reply (a provider's) or auto-ack (automatic: never sent to loop sources).
+    kind: Mapped[str] = mapped_column(String(16), default="reply")
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[str] = mapped_column(Text)
+    # The main recipient, lower-cased, for the auto-acknowledgement rate limit.
+    to_addr: Mapped[str] = mapped_column(String(320), default="", index=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[OutboxState] = mapped_column(
         _enum(OutboxState, "outbox_state"), default=OutboxState.QUEUED

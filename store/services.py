@@ -175,7 +175,7 @@ def _changes_since(
     return [(v, k, a, d) for v, k, a, d in rows]
 
 
-def _load_for_change(session: Session, ticket_id: int, expected_version: int) -> Ticket:
+def _load_for_change(session: Session, ticket_id: int, expected_version: int | None) -> Ticket:
     ticket = session.scalar(
         select(Ticket)
         .where(Ticket.id == ticket_id)
@@ -184,7 +184,7 @@ def _load_for_change(session: Session, ticket_id: int, expected_version: int) ->
     )
     if ticket is None:
         raise NotFoundError(f"there is no ticket #{ticket_id}")
-    if ticket.version != expected_version:
+    if expected_version is not None and ticket.version != expected_version:
         raise ConflictError(
             ticket_id,
             expected_version,
@@ -202,12 +202,18 @@ class _Change:
     """
 
     def __init__(
-        self, session: Session, ticket_id: int, expected_version: int, actor: Person | None
+        self,
+        session: Session,
+        ticket_id: int,
+        expected_version: int | None,
+        actor: Person | None,
+        at: datetime | None = None,
     ) -> None:
         self.session, self.actor = session, actor
         self.ticket = _load_for_change(session, ticket_id, expected_version)
-        self.expected = expected_version
-        self.at = utcnow()
+        # None: an action that needs no check (mail arriving), on the row locked now.
+        self.expected = self.ticket.version if expected_version is None else expected_version
+        self.at = at or utcnow()
 
     def event(self, kind: str, data: dict[str, Any] | None = None) -> Event:
         if self.ticket.version == self.expected:
@@ -215,7 +221,7 @@ class _Change:
             self.ticket.updated_at = self.at
         return record_event(self.session, self.ticket, kind, self.actor, data, at=self.at)
 
-    def set_status(self, status: Status) -> None:
+    def set_status(self, status: Status, reason: str = "") -> None:
         old = self.ticket.status
         if old == status:
             return
@@ -228,7 +234,8 @@ class _Change:
         else:
             self.ticket.resolved_at = None
             self.ticket.closed_at = None
-        self.event("status", {"from": old.value, "to": status.value})
+        data = {"from": old.value, "to": status.value}
+        self.event("status", {**data, "reason": reason} if reason else data)
 
     def flush(self) -> Ticket:
         try:
@@ -464,6 +471,29 @@ def merge(
     _link_pair(session, source_id, target_id, "merged")
     changes[source_id].flush()
     return changes[target_id].flush()
+
+
+def record_arrival(
+    session: Session,
+    ticket_id: int,
+    message: Message,
+    data: dict[str, Any],
+    status: Status | None = None,
+    reason: str = "",
+) -> Ticket:
+    """A message joined an existing ticket: its event, and a status change if any.
+
+    Arrivals never conflict: they lock the ticket row and take its version as it is,
+    so a provider acting on the old version afterwards gets a conflict instead.
+    """
+    change = _Change(session, ticket_id, None, None)
+    message.ticket_id = ticket_id
+    session.add(message)
+    session.flush()
+    change.event("message", {"message": message.id, **data})
+    if status is not None:
+        change.set_status(status, reason)
+    return change.flush()
 
 
 def message_count(session: Session, ticket_id: int) -> int:

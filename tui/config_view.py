@@ -50,6 +50,7 @@ def render_effective(settings: Settings) -> str:
         out += ["", "[[mailbox]]", *_lines(m)]
     for q in settings.queue:
         out += ["", "[[queue]]", *_lines(q)]
+    out += ["", "[ingest]", *_lines(settings.ingest)]
     if settings.sending is not None:
         out += ["", "[sending]", *_lines(settings.sending)]
     return "\n".join(out) + "\n"

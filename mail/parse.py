@@ -1,0 +1,426 @@
+"""Turning raw email bytes into what deskq stores, without ever raising.
+
+Real mail is broken in every way: wrong or unknown charsets, bad transfer encodings,
+defective multiparts, hostile file names. :func:`parse` always returns a
+:class:`ParsedMessage`; what went wrong is listed in ``problems`` and, when nothing
+usable could be read at all, ``fatal`` says why (the ticket is then flagged
+``parse-error``, its raw source kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mimetypes
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_FILENAME_BYTES = 200
+_MSGID = re.compile(r"<[^<>\s]+>")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_EXTENSIONS = {
+    "image/jpg": ".jpg",
+    "image/jpeg": ".jpg",
+    "text/plain": ".txt",
+    "message/rfc822": ".eml",
+}
+_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u202a-\u202e\u2066-\u2069]")
+
+
+@dataclass
+class AttachmentPart:
+    """A file found in a message."""
+
+    filename: str
+    media_type: str
+    data: bytes
+    content_id: str | None = None
+    inline: bool = False
+
+
+@dataclass
+class ParsedMessage:
+    """The parts of an email deskq uses, decoded to clean text."""
+
+    message_id: str | None = None
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    from_name: str = ""
+    from_addr: str = ""
+    to: tuple[tuple[str, str], ...] = ()
+    cc: tuple[tuple[str, str], ...] = ()
+    delivered_to: tuple[str, ...] = ()
+    x_original_to: tuple[str, ...] = ()
+    date: datetime | None = None
+    text: str = ""
+    html: str | None = None
+    attachments: list[AttachmentPart] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    report_message_ids: tuple[str, ...] = ()
+    is_delivery_report: bool = False
+    problems: list[str] = field(default_factory=list)
+    fatal: str | None = None
+
+    def header(self, name: str) -> str:
+        """A header's first value ('' if absent), by case-insensitive name."""
+        return self.headers.get(name.lower(), "")
+
+
+# Headers kept in ParsedMessage.headers (the loop checks and threading read them).
+KEPT_HEADERS = (
+    "auto-submitted",
+    "precedence",
+    "x-auto-response-suppress",
+    "list-id",
+    "list-unsubscribe",
+    "return-path",
+    "x-deskq-ticket",
+    "x-deskq-origin",
+    "content-type",
+    "x-autoreply",
+    "x-autorespond",
+    "x-failed-recipients",
+    "feedback-id",
+    "reply-to",
+)
+
+
+def clean_text(value: str) -> str:
+    """Text safe for any database: no NUL, no lone surrogates, normalised newlines."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    with contextlib.suppress(UnicodeEncodeError):
+        value.encode("utf-8")
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def one_line(value: str) -> str:
+    """A header value unfolded onto one line, control characters removed."""
+    return " ".join(_CONTROL.sub("", clean_text(value)).split())
+
+
+def message_ids(value: str) -> tuple[str, ...]:
+    """Every ``<id>`` in a Message-ID / In-Reply-To / References value, in order."""
+    return tuple(dict.fromkeys(_MSGID.findall(value or "")))
+
+
+def normalise_message_id(value: str) -> str | None:
+    """One Message-ID in ``<...>`` form, or None."""
+    found = message_ids(value)
+    if found:
+        return found[0][:998]
+    value = one_line(value).strip("<> ")
+    return f"<{value[:990]}>" if value and " " not in value else None
+
+
+def safe_filename(name: str, media_type: str, index: int) -> str:
+    """A file name with no path, no control or bidi characters, of bounded length."""
+    name = unicodedata.normalize("NFC", clean_text(name or ""))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _FILENAME_BAD.sub("_", name).strip(" .")
+    if not name:
+        ext = _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type or "") or ".bin"
+        name = f"attachment-{index}{ext}"
+    if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        ext = ext if dot and 0 < len(ext) <= 10 else ""
+        budget = MAX_FILENAME_BYTES - len(ext.encode()) - 1
+        stem = (stem if ext else name).encode("utf-8")[:budget].decode("utf-8", "ignore")
+        name = f"{stem}.{ext}" if ext else stem
+    return name
+
+
+def decode_bytes(data: bytes, declared: str | None, problems: list[str], what: str) -> str:
+    """Decode ``data``: the declared charset if it works, else a detected one, else UTF-8."""
+    if declared:
+        try:
+            return data.decode(declared)
+        except LookupError:
+            problems.append(f"{what}: unknown charset {declared!r}")
+        except UnicodeDecodeError:
+            problems.append(f"{what}: not valid {declared}")
+    else:
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is not None:
+        return str(best)
+    return data.decode("utf-8", "replace")
+
+
+def _header(msg: Message, name: str) -> str:
+    """A header's decoded value; falls back to the raw text if decoding fails."""
+    try:
+        value = msg.get(name)
+    except Exception:  # noqa: BLE001  (email's header classes raise many kinds)
+        raw = msg.get_all(name, failobj=[""]) if hasattr(msg, "get_all") else [""]
+        return one_line(str(raw[0]))
+    if value is None:
+        return ""
+    text = str(value)
+    if "\ufffd" in text:
+        text = _undeclared_8bit(msg, name) or text
+    return one_line(text)
+
+
+def _undeclared_8bit(msg: Message, name: str) -> str | None:
+    """A header sent as raw 8-bit bytes without a charset, decoded by detection."""
+    for key, raw in msg.raw_items():
+        if key.lower() == name.lower() and isinstance(raw, str):
+            if not any("\udc80" <= c <= "\udcff" for c in raw):
+                return None
+            data = raw.encode("utf-8", "surrogateescape")
+            return decode_bytes(data, None, [], name)
+    return None
+
+
+def _addresses(msg: Message, name: str) -> tuple[tuple[str, str], ...]:
+    values: list[str] = []
+    try:
+        values = [str(v) for v in msg.get_all(name, [])]
+    except Exception:  # noqa: BLE001
+        values = [str(v) for v in msg._headers if v[0].lower() == name]  # type: ignore[attr-defined]
+    out = []
+    for display, addr in getaddresses(values):
+        addr = one_line(addr).strip("<>").lower()
+        if "@" in addr:
+            out.append((one_line(display), addr[:320]))
+    return tuple(dict.fromkeys(out))
+
+
+def _payload_text(part: Message, problems: list[str]) -> str:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"body undecodable ({exc})")
+        data = None
+    if not isinstance(data, bytes):
+        raw = part.get_payload()
+        return clean_text(raw if isinstance(raw, str) else "")
+    charset = part.get_content_charset()
+    return clean_text(decode_bytes(data, charset, problems, "body"))
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text of an HTML body (layout-aware: lists, tables, paragraphs)."""
+    try:
+        from inscriptis import get_text  # type: ignore[import-untyped]
+
+        return str(get_text(html)).strip()
+    except Exception:  # noqa: BLE001  (lxml may refuse some documents)
+        return re.sub(r"<[^>]+>", " ", html)
+
+
+def _walk(part: Message, found: list[Message], attached: list[Message]) -> None:
+    """Leaf parts in order; attached messages are kept whole, not descended into."""
+    ctype = part.get_content_type()
+    if ctype == "message/rfc822" or ctype == "message/global":
+        attached.append(part)
+        found.append(part)
+        return
+    if part.is_multipart():
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    _walk(sub, found, attached)
+        return
+    found.append(part)
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    if disposition == "attachment" or part.get_filename():
+        return True
+    return part.get_content_type() not in ("text/plain", "text/html")
+
+
+def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
+    leaves: list[Message] = []
+    attached: list[Message] = []
+    _walk(msg, leaves, attached)
+    plain: list[str] = []
+    html: list[str] = []
+    for index, part in enumerate(leaves, start=1):
+        ctype = part.get_content_type()
+        if part in attached:
+            whole = _attached_bytes(part)
+            inner_subject = ""
+            with contextlib.suppress(Exception):
+                inner = BytesParser(policy=policy.compat32).parsebytes(whole, headersonly=True)
+                inner_subject = one_line(str(inner.get("Subject", "")))
+            name = part.get_filename() or (inner_subject + ".eml" if inner_subject else "")
+            p.attachments.append(
+                AttachmentPart(
+                    safe_filename(name, ctype, index) or f"message-{index}.eml", ctype, whole
+                )
+            )
+            continue
+        if ctype in ("text/rfc822-headers", "message/delivery-status") or (
+            p.is_delivery_report and ctype.startswith("message/")
+        ):
+            text = _payload_text(part, p.problems)
+            p.report_message_ids += message_ids(
+                "\n".join(
+                    line
+                    for line in text.splitlines()
+                    if line.lower().startswith(
+                        ("message-id:", "original-message-id:", "x-original-message-id:")
+                    )
+                )
+            )
+        if not _is_attachment(part):
+            (plain if ctype == "text/plain" else html).append(_payload_text(part, p.problems))
+            continue
+        data: Any = None
+        with contextlib.suppress(Exception):
+            data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            p.problems.append(f"attachment {index}: undecodable content kept as text")
+            raw = part.get_payload()
+            data = (raw if isinstance(raw, str) else "").encode("utf-8", "surrogateescape")
+        cid = part.get("Content-ID")
+        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        p.attachments.append(
+            AttachmentPart(
+                filename=safe_filename(_filename(part, p.problems), ctype, index),
+                media_type=ctype[:255],
+                data=data,
+                content_id=normalise_message_id(str(cid)) if cid else None,
+                inline=disposition == "inline" or (cid is not None and disposition != "attachment"),
+            )
+        )
+    p.text = "\n\n".join(t for t in plain if t.strip())
+    if html:
+        p.html = "\n".join(html)
+        if not p.text.strip():
+            p.text = clean_text(html_to_text(p.html))
+
+
+def _filename(part: Message, problems: list[str]) -> str:
+    try:
+        return part.get_filename() or ""
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"attachment name undecodable ({exc})")
+        return ""
+
+
+def _attached_bytes(part: Message) -> bytes:
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        with contextlib.suppress(Exception):
+            return payload[0].as_bytes(policy=policy.compat32)
+    raw = part.get_payload(decode=True)
+    return raw if isinstance(raw, bytes) else b""
+
+
+def _parse_date(value: str, problems: list[str]) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        problems.append(f"unreadable Date: {value[:60]!r}")
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    """Everything deskq needs from ``raw``; never raises (see ``problems`` and ``fatal``)."""
+    p = ParsedMessage()
+    try:
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        _fill(msg, p)
+    except Exception as exc:
+        log.debug("parse failed", exc_info=True)
+        p.fatal = f"{type(exc).__name__}: {exc}"[:500]
+        with contextlib.suppress(Exception):
+            head = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+            p.subject = p.subject or one_line(str(head.get("Subject", "")))
+            if not p.from_addr:
+                found = _addresses(head, "from")
+                if found:
+                    p.from_name, p.from_addr = found[0]
+            p.message_id = p.message_id or normalise_message_id(str(head.get("Message-ID", "")))
+    return p
+
+
+def _fill(msg: EmailMessage, p: ParsedMessage) -> None:
+    for defect in msg.defects:
+        p.problems.append(f"defect: {type(defect).__name__}")
+    p.message_id = normalise_message_id(_header(msg, "Message-ID"))
+    p.in_reply_to = message_ids(_header(msg, "In-Reply-To"))
+    p.references = message_ids(_header(msg, "References"))
+    p.subject = _header(msg, "Subject")
+    senders = _addresses(msg, "from") or _addresses(msg, "sender")
+    if senders:
+        p.from_name, p.from_addr = senders[0]
+    else:
+        p.problems.append("no sender address")
+    p.to, p.cc = _addresses(msg, "to"), _addresses(msg, "cc")
+    p.delivered_to = tuple(a for _, a in _addresses(msg, "delivered-to"))
+    p.x_original_to = tuple(a for _, a in _addresses(msg, "x-original-to"))
+    p.date = _parse_date(_header(msg, "Date"), p.problems)
+    for name in KEPT_HEADERS:
+        if name in msg:
+            p.headers[name] = _header(msg, name)
+    ctype = msg.get_content_type()
+    p.is_delivery_report = (
+        ctype == "multipart/report"
+        and "report-type" in (p.headers.get("content-type", "").lower())
+        and any(
+            k in p.headers.get("content-type", "").lower()
+            for k in ("delivery-status", "disposition-notification")
+        )
+    )
+    _bodies_and_attachments(msg, p)
+
+
+def content_identity(raw: bytes, message_id: str | None) -> str:
+    """The identity of an email whatever route it took: Message-ID plus a content hash.
+
+    The hash covers the body and the origin headers (From, To, Cc, Date, Subject,
+    Message-ID), never delivery headers (Received, Delivered-To, Return-Path...), and
+    normalises line endings so IMAP (CRLF) and Maildir (LF) copies agree.
+    """
+    data = raw.replace(b"\r\n", b"\n")
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        head, body = data, b""
+    wanted = (b"from", b"to", b"cc", b"date", b"subject", b"message-id")
+    origin: list[bytes] = []
+    for line in re.split(rb"\n(?![ \t])", head):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in wanted:
+            origin.append(name.strip().lower() + b":" + b" ".join(value.split()))
+    digest = hashlib.sha256()
+    for item in sorted(origin):
+        digest.update(item + b"\n")
+    digest.update(b"\n")
+    digest.update(b"\n".join(line.rstrip() for line in body.rstrip().split(b"\n")))
+    return f"{(message_id or '<>')[:60]}|{digest.hexdigest()}"
