@@ -137,16 +137,23 @@ class Ingestor:
         default_queue: str | None,
         folder: str = "",
         uidvalidity: int | None = None,
+        last_uid: int | None = None,
     ) -> list[Outcome]:
-        """Store a batch and the mailbox's new sync state in one transaction."""
+        """Store a batch and the mailbox's new sync state in one transaction.
+
+        ``last_uid`` (default: the highest UID in the batch) is recorded as processed,
+        which also covers UIDs that vanished between SEARCH and FETCH.
+        """
         outcomes: list[Outcome] = []
         with self.db.write() as session:
             ctx = _Context(queues={q.key: q for q in session.scalars(select(Queue))})
             for prepared in batch:
                 outcomes.append(self._store_safely(session, ctx, prepared, default_queue))
             uids = [p.item.uid for p in batch if p.item.uid is not None]
-            if uidvalidity is not None and uids:
-                self._advance(session, mailbox, folder, uidvalidity, max(uids))
+            if last_uid is None and uids:
+                last_uid = max(uids)
+            if uidvalidity is not None and last_uid is not None:
+                self._advance(session, mailbox, folder, uidvalidity, last_uid)
         return outcomes
 
     def _store_safely(

@@ -32,8 +32,7 @@ class ConfigError(Exception):
 
     def __init__(self, path: Path | str, key: str, problem: str, fix: str = "") -> None:
         self.path, self.key, self.problem, self.fix = str(path), key, problem, fix
-        where = f"key '{key}'" if key else "the file"
-        message = f"config error in {path}: {where}: {problem}"
+        message = f"config error in {path}: " + (f"key '{key}': {problem}" if key else problem)
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
@@ -270,7 +269,10 @@ def load_settings(path: Path) -> Settings:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            path, "", f"cannot be read ({exc}).", "check its permissions and encoding (UTF-8)."
+            path,
+            "",
+            f"the file cannot be read ({exc}).",
+            "check its permissions and encoding (UTF-8).",
         ) from None
     return parse_settings(text, path)
 
@@ -281,7 +283,7 @@ def parse_settings(text: str, path: Path | str = "<config>") -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
-            path, "", f"is not valid TOML: {exc}.", "correct the syntax at that line."
+            path, "", f"the file is not valid TOML: {exc}.", "correct the syntax at that line."
         ) from None
     settings: Settings = _build(Settings, data, "", path)
     settings = dataclasses.replace(settings, path=Path(path))
@@ -299,7 +301,8 @@ def _type_name(tp: Any) -> str:
         inner = typing.get_args(tp)[0]
         if dataclasses.is_dataclass(inner):
             return "an array of tables"
-        return f"an array of {_type_name(inner)}s"
+        plural = {str: "strings", int: "integers", bool: "booleans", float: "numbers"}
+        return f"an array of {plural.get(inner, _type_name(inner))}"
     if dataclasses.is_dataclass(tp):
         return "a table"
     return {str: "a string", int: "an integer", bool: "true or false", float: "a number"}.get(
@@ -388,6 +391,11 @@ def _build(cls: type, data: Any, prefix: str, path: Path | str) -> Any:
                 f"add {name} = ... ({f.metadata.get('doc', '')}).",
             )
     return cls(**values)
+
+
+def is_address(value: str) -> bool:
+    """Whether ``value`` is a bare email address (no display name, no brackets)."""
+    return bool(_ADDRESS.match(value))
 
 
 def _check_address(path: Path | str, key: str, value: str) -> None:
@@ -519,6 +527,10 @@ def _check(s: Settings, path: Path | str) -> None:
                 f"expected seen, none or move:FOLDER, got {m.after!r}.",
                 'e.g. after = "move:Processed". deskq never deletes mail.',
             )
+        if m.port is not None and not 0 < m.port < 65536:
+            raise ConfigError(
+                path, f"{k}.port", f"{m.port} is not a TCP port.", "use 1-65535, e.g. 993."
+            )
         if m.poll_interval < 1:
             raise ConfigError(
                 path, f"{k}.poll_interval", "must be at least 1 second.", "use e.g. 60."
@@ -564,6 +576,10 @@ def _check(s: Settings, path: Path | str) -> None:
                 "sending.command",
                 "method = command needs a command.",
                 'add command = "msmtp -t" (or sendmail -t).',
+            )
+        if snd.port is not None and not 0 < snd.port < 65536:
+            raise ConfigError(
+                path, "sending.port", f"{snd.port} is not a TCP port.", "use 1-65535, e.g. 587."
             )
         if snd.method == "smtp":
             _check_security(path, "sending", snd.security, snd.host, snd.allow_insecure)

@@ -8,6 +8,7 @@ for the lock instead of failing half-way with "database is locked".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,17 +30,18 @@ def masked(url: str | URL) -> str:
     """The URL with any password replaced by ``***``, safe for logs and messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
 def normalise_url(url: str, password: str | None = None) -> URL:
     """Parse ``url``, expand ``~`` in SQLite paths and inject a password kept elsewhere."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
         raise DatabaseError(
-            f"database url {url!r} is not a valid URL. Fix: use sqlite:///PATH or "
+            f"database url {shown!r} is not a valid URL. Fix: use sqlite:///PATH or "
             "postgresql+psycopg://USER@HOST/DBNAME."
         ) from None
     backend = parsed.get_backend_name()
@@ -95,9 +97,15 @@ def make_engine(
 ) -> Engine:
     """An engine for ``url`` with deskq's per-backend settings (WAL, foreign keys...)."""
     parsed = url if isinstance(url, URL) else normalise_url(url, password)
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout_ms, echo=echo)
-    return create_engine(parsed, echo=echo, pool_pre_ping=True)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, busy_timeout_ms, echo=echo)
+        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(
+            f"database url {masked(parsed)} needs the Python module {exc.name!r}, which is not "
+            "installed. Fix: use postgresql+psycopg:// and pip install 'deskq[postgres]'."
+        ) from None
 
 
 class Database:

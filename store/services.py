@@ -321,8 +321,8 @@ def set_category(
 ) -> Ticket:
     """Set (or with None clear) the ticket's category."""
     category = (category or "").strip() or None
-    if category and len(category) > 100:
-        raise ActionError("a category is at most 100 characters")
+    if category and (len(category) > 100 or not category.isprintable()):
+        raise ActionError("a category is at most 100 printable characters")
     change = _Change(session, ticket_id, version, actor)
     old = change.ticket.category
     if old != category:
@@ -338,7 +338,7 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
         tag = raw.strip().lower()
         if not tag:
             continue
-        if any(c.isspace() or c == "," for c in tag) or len(tag) > 64:
+        if any(c.isspace() or c == "," or not c.isprintable() for c in tag) or len(tag) > 64:
             raise ActionError(f"tag {raw!r}: tags are single words of at most 64 characters")
         result.add(tag)
     return sorted(result)

@@ -57,7 +57,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     import getpass
     import socket
 
-    from store.config import default_data_dir, load_settings, resolve_config_path
+    from store.config import default_data_dir, is_address, load_settings, resolve_config_path
     from store.workspace import open_workspace
     from tui.starter import starter_config
 
@@ -67,6 +67,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         data = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
         me = args.me or f"{getpass.getuser()}@{socket.gethostname() or 'localhost'}"
+        if not is_address(me):
+            if args.me:
+                raise UserError(
+                    f"--me: {args.me!r} is not a bare email address like alice@corp.example",
+                    EXIT_USAGE,
+                )
+            me = "you@example.com"
         url = args.database or f"sqlite:///{data / 'deskq.db'}"
         maildir = data / "Maildir"
         for sub in ("cur", "new", "tmp"):

@@ -9,6 +9,21 @@ from typing import Any
 from store.config import Settings
 from store.db import masked
 
+_IMAP_ONLY = {
+    "host",
+    "port",
+    "security",
+    "allow_insecure",
+    "ca_file",
+    "username",
+    "auth",
+    "token_command",
+    "folder",
+    "idle",
+    "password_env",
+    "password_command",
+    "password_keyring",
+}
 _SECRET_SOURCES = ("password_env", "password_command", "password_keyring", "token_command")
 
 
@@ -29,7 +44,13 @@ def _lines(obj: Any) -> list[str]:
         value = getattr(obj, f.name)
         if f.metadata.get("internal") or value is None or dataclasses.is_dataclass(value):
             continue
-        if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        if (
+            isinstance(value, tuple)
+            and (not value or dataclasses.is_dataclass(value[0]))
+            and (f.name in ("mailbox", "queue"))
+        ):
+            continue
+        if getattr(obj, "source", None) == "maildir" and f.name in _IMAP_ONLY:
             continue
         if f.name == "url":
             value = masked(value)

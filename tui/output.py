@@ -69,7 +69,8 @@ def print_detail(d: TicketDetail, out: IO[str] = sys.stdout) -> None:
         f", created {iso(t.created_at)}\n"
     )
     if t.category or t.tags:
-        out.write(f"category {t.category or '-'}, tags {', '.join(t.tags) or '-'}\n")
+        tags = one_line(", ".join(t.tags), 300) or "-"
+        out.write(f"category {one_line(t.category or '-', 100)}, tags {tags}\n")
     for flag, detail in sorted(d.flag_details.items()):
         out.write(f"FLAG {flag}: {one_line(detail, 300)}\n")
     for other, kind in d.links:
@@ -85,7 +86,7 @@ def print_detail(d: TicketDetail, out: IO[str] = sys.stdout) -> None:
         out.write(for_terminal(m.text).rstrip() + "\n")
         for a in m.attachments:
             out.write(
-                f"[attachment] {one_line(a.filename, 120)} ({a.media_type}, {a.size} bytes)\n"
+                f"[attachment] {one_line(a.filename, 120)} ({one_line(a.media_type, 80)}, {a.size} bytes)\n"
             )
     out.write("\n--- history\n")
     for e in d.events:

@@ -1,0 +1,271 @@
+"""An IMAP mailbox as a source: exactly-once ingestion, IDLE push, polling fallback.
+
+Per pass: SELECT, compare UIDVALIDITY, SEARCH the UIDs above the last one stored,
+FETCH them in batches with BODY.PEEK[] (nothing is marked by reading), store each batch
+and the new sync state in one transaction, and only after the commit apply the
+after-action (``seen``, ``move:FOLDER`` or ``none``). deskq never deletes mail.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from mail.ingest import Incoming, Ingestor, Outcome, prepare
+from store.config import MailboxSettings, Settings
+from store.models import MailboxState
+from store.secrets import SecretError, resolve_password, run_secret_command
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+SEEN = b"\\Seen"
+CONNECT_TIMEOUT = 30.0
+# Dovecot ends IDLE after 30 min and NATs drop quiet connections sooner: renew often.
+IDLE_RENEW_SECONDS = 240.0
+# idle_check() on a dead connection returns [] at once, forever: that many instant
+# empty returns in a row mean the server is gone.
+DEAD_IDLE_STREAK = 5
+
+
+class ImapError(Exception):
+    """A mailbox problem worth a clear message (login refused, folder missing...)."""
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying TLS context (system CAs, or only ``ca_file`` when given)."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+
+
+class ImapSource:
+    """One ``[[mailbox]]`` with ``source = "imap"``."""
+
+    def __init__(self, mailbox: MailboxSettings, settings: Settings, ingestor: Ingestor) -> None:
+        self.mailbox, self.settings, self.ingestor = mailbox, settings, ingestor
+        self.client: IMAPClient | None = None
+        self.uidvalidity: int | None = None
+        self.recovered = False
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self) -> IMAPClient:
+        """Connect, secure, log in and select the folder."""
+        m = self.mailbox
+        host, port = m.host or "localhost", m.effective_port
+        if m.security == "tls":
+            client = IMAPClient(
+                host,
+                port=port,
+                ssl=True,
+                ssl_context=tls_context(m.ca_file),
+                timeout=CONNECT_TIMEOUT,
+            )
+        else:
+            client = IMAPClient(host, port=port, ssl=False, timeout=CONNECT_TIMEOUT)
+            if m.security == "starttls":
+                client.starttls(tls_context(m.ca_file))
+        try:
+            self._login(client)
+            self._select(client)
+        except BaseException:
+            _close(client)
+            raise
+        self.client = client
+        return client
+
+    def _login(self, client: IMAPClient) -> None:
+        m = self.mailbox
+        what = f"mailbox {m.name!r}"
+        try:
+            if m.auth == "xoauth2":
+                token = run_secret_command(m.token_command or "", f"{what} token_command")
+                client.oauth2_login(m.username, token)
+            else:
+                password = resolve_password(m, what, m.username)
+                if password is None:
+                    raise SecretError(f"{what}: no password source configured")
+                client.login(m.username, password)
+        except IMAPClientError as exc:
+            raise ImapError(f"{what}: login as {m.username} refused by {m.host}: {exc}") from None
+
+    def _select(self, client: IMAPClient) -> None:
+        m = self.mailbox
+        try:
+            info = client.select_folder(m.folder)
+        except IMAPClientError as exc:
+            raise ImapError(f"mailbox {m.name!r}: cannot open folder {m.folder!r}: {exc}") from None
+        self.uidvalidity = int(info[b"UIDVALIDITY"])
+        if m.after.startswith("move:"):
+            target = m.after[5:]
+            if not client.folder_exists(target):
+                client.create_folder(target)
+
+    def close(self) -> None:
+        """Log out (best effort)."""
+        if self.client is not None:
+            _close(self.client)
+            self.client = None
+
+    # ------------------------------------------------------------------ passes
+
+    def _state(self) -> tuple[int, int | None]:
+        """(last stored UID, recorded UIDVALIDITY) for this folder."""
+        with self.ingestor.db.session() as session:
+            state = session.get(MailboxState, (self.mailbox.name, self.mailbox.folder))
+            if state is None:
+                return 0, None
+            return state.last_uid, state.uidvalidity
+
+    def pass_once(self, progress: Progress | None = None) -> list[Outcome]:
+        """Store every message not stored yet; returns what became of each."""
+        client = self.client or self.connect()
+        last, known_validity = self._state()
+        if known_validity is not None and known_validity != self.uidvalidity:
+            log.warning(
+                "mailbox %s: UIDVALIDITY changed (%s -> %s): rescanning the folder; "
+                "messages already stored are recognised and not duplicated",
+                self.mailbox.name,
+                known_validity,
+                self.uidvalidity,
+            )
+            last = 0
+        if not self.recovered:
+            self._finish_interrupted(client, last)
+            self.recovered = True
+        uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+        outcomes: list[Outcome] = []
+        size = self.settings.ingest.batch_size
+        for start in range(0, len(uids), size):
+            chunk = uids[start : start + size]
+            outcomes += self._store_chunk(client, chunk)
+            if progress:
+                progress(self.mailbox.name, min(start + size, len(uids)), len(uids))
+        return outcomes
+
+    def _store_chunk(self, client: IMAPClient, chunk: list[int]) -> list[Outcome]:
+        fetched = client.fetch(chunk, ["BODY.PEEK[]"])
+        items = [
+            Incoming(
+                raw=fetched[uid][b"BODY[]"],
+                mailbox=self.mailbox.name,
+                folder=self.mailbox.folder,
+                uidvalidity=self.uidvalidity,
+                uid=uid,
+            )
+            for uid in chunk
+            if uid in fetched and b"BODY[]" in fetched[uid]
+        ]
+        limit = self.settings.ingest.max_message_bytes
+        outcomes = self.ingestor.store_batch(
+            [prepare(item, limit) for item in items],
+            mailbox=self.mailbox.name,
+            default_queue=self.mailbox.default_queue,
+            folder=self.mailbox.folder,
+            uidvalidity=self.uidvalidity,
+            last_uid=max(chunk),
+        )
+        self._after(client, [i.uid for i in items if i.uid is not None])
+        return outcomes
+
+    def _after(self, client: IMAPClient, uids: list[int]) -> None:
+        """The after-action, applied only to committed messages."""
+        if not uids or self.mailbox.after == "none":
+            return
+        if self.mailbox.after == "seen":
+            client.add_flags(uids, [SEEN], silent=True)
+            return
+        target = self.mailbox.after[5:]
+        if client.has_capability("MOVE"):
+            client.move(uids, target)
+        else:  # no MOVE: copy and mark seen; deskq never deletes or expunges
+            client.copy(uids, target)
+            client.add_flags(uids, [SEEN], silent=True)
+
+    def _finish_interrupted(self, client: IMAPClient, last: int) -> None:
+        """Apply after-actions a crash left undone (stored, but not yet marked)."""
+        if last <= 0 or self.mailbox.after == "none":
+            return
+        criteria: list[Any] = ["UID", f"1:{last}"]
+        if self.mailbox.after == "seen":
+            criteria = ["UNSEEN", *criteria]
+        pending = [u for u in client.search(criteria) if u <= last]
+        if pending:
+            log.info(
+                "mailbox %s: finishing after-action for %d stored message(s)",
+                self.mailbox.name,
+                len(pending),
+            )
+            self._after(client, pending)
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait(self, stop: Callable[[], bool]) -> None:
+        """Block until new mail may be there (IDLE push, or the poll interval)."""
+        client = self.client or self.connect()
+        if self.mailbox.idle and client.has_capability("IDLE"):
+            self._idle(client, stop)
+            return
+        deadline = time.monotonic() + self.mailbox.poll_interval
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+        client.noop()  # liveness: raises on a dead connection
+
+    def _idle(self, client: IMAPClient, stop: Callable[[], bool]) -> None:
+        client.idle()
+        started = time.monotonic()
+        instant_empty = 0
+        try:
+            while not stop() and time.monotonic() - started < IDLE_RENEW_SECONDS:
+                before = time.monotonic()
+                responses = client.idle_check(timeout=0.5)
+                if responses:
+                    if any(_is_news(r) for r in responses):
+                        return
+                    instant_empty = 0
+                elif time.monotonic() - before < 0.05:
+                    instant_empty += 1
+                    if instant_empty >= DEAD_IDLE_STREAK:
+                        raise ConnectionError("IMAP connection lost during IDLE")
+                else:
+                    instant_empty = 0
+        finally:
+            client.idle_done()  # raises if the server is gone
+
+
+def _is_news(response: Any) -> bool:
+    return (
+        isinstance(response, tuple)
+        and len(response) >= 2
+        and response[1]
+        in (
+            b"EXISTS",
+            b"RECENT",
+        )
+    )
+
+
+def _close(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except (IMAPClientError, OSError):
+        try:
+            client.shutdown()
+        except (IMAPClientError, OSError):
+            log.debug("closing a dead IMAP connection failed", exc_info=True)
+
+
+@contextmanager
+def connected(source: ImapSource) -> Iterator[ImapSource]:
+    """``source`` connected for the duration of the block."""
+    source.connect()
+    try:
+        yield source
+    finally:
+        source.close()
