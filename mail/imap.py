@@ -71,6 +71,7 @@ class ImapSource:
             client = IMAPClient(host, port=port, ssl=False, timeout=CONNECT_TIMEOUT)
             if m.security == "starttls":
                 client.starttls(tls_context(m.ca_file))
+        client.normalise_times = False  # INTERNALDATE as aware datetimes
         try:
             self._login(client)
             self._select(client)

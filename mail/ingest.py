@@ -15,6 +15,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import formataddr, getaddresses
 from typing import Any
 
@@ -54,6 +55,9 @@ class Incoming:
     folder: str = ""
     uidvalidity: int | None = None
     uid: int | None = None
+    # When the mail reached the mailbox (IMAP INTERNALDATE, Maildir delivery time);
+    # ticket clocks start here, not when deskq happened to poll.
+    received_at: datetime | None = None
 
 
 @dataclass
@@ -199,7 +203,7 @@ class Ingestor:
             "folder": item.folder,
             "uidvalidity": item.uidvalidity,
             "uid": item.uid,
-            "received_at": utcnow(),
+            "received_at": _arrival(item),
             "disposition": "ticket",
         }
         if not insert_or_ignore(session, RawSource, raw_values, "identity"):
@@ -302,13 +306,16 @@ class Ingestor:
                 self._join(session, ticket_id, message, parsed, sender, automatic, p)
                 return ticket_id, how, False
         message.threaded_by = how if linked_to else "new ticket"
+        arrived = _arrival(p.item)
         ticket = services.open_ticket(
             session,
             queue=queue,
             requester=sender,
             subject=parsed.subject or "(no subject)",
             data={"mailbox": p.item.mailbox, "via": key},
+            at=arrived,
         )
+        message.created_at = arrived
         message.ticket_id = ticket.id
         session.add(message)
         session.flush()
@@ -319,6 +326,7 @@ class Ingestor:
             "message",
             None,
             {"message": message.id, "from": parsed.from_addr, "threaded_by": message.threaded_by},
+            at=arrived,
         )
         quarantined = self._flag_new(session, ticket.id, p, qs, automatic)
         if qs.auto_ack and not (automatic or quarantined or parsed.fatal or p.too_large):
@@ -346,6 +354,9 @@ class Ingestor:
                 status, reason = Status.OPEN, "reply after resolution"
             elif ticket.status == Status.PENDING:
                 status, reason = Status.OPEN, "requester replied"
+        # Keep each ticket's history in order even when a backlog arrives late.
+        arrived = max(_arrival(p.item), ticket.updated_at)
+        message.created_at = arrived
         services.record_arrival(
             session,
             ticket_id,
@@ -353,6 +364,7 @@ class Ingestor:
             {"from": parsed.from_addr, "threaded_by": message.threaded_by},
             status=status,
             reason=reason,
+            at=arrived,
         )
         self._attachments(session, message.id, parsed)
         if p.too_large:
@@ -506,6 +518,16 @@ class Ingestor:
             )
             return True
         return False
+
+
+def _arrival(item: Incoming) -> datetime:
+    """When the mail arrived: the source's time if plausible, else now."""
+    now = utcnow()
+    when = item.received_at
+    if when is None:
+        return now
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return min(when, now)
 
 
 def _too_large_detail(p: Prepared) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mail.ingest import Incoming, Ingestor, Outcome, prepare
@@ -58,9 +59,12 @@ class MaildirSource:
             for path in chunk:
                 try:
                     raw = path.read_bytes()
+                    delivered = datetime.fromtimestamp(path.stat().st_mtime, UTC)
                 except FileNotFoundError:  # taken by another reader meanwhile
                     continue
-                items.append((path, Incoming(raw=raw, mailbox=self.mailbox.name)))
+                items.append(
+                    (path, Incoming(raw=raw, mailbox=self.mailbox.name, received_at=delivered))
+                )
             prepared = [prepare(i, self.settings.ingest.max_message_bytes) for _, i in items]
             outcomes += self.ingestor.store_batch(
                 prepared, mailbox=self.mailbox.name, default_queue=self.mailbox.default_queue

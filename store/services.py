@@ -25,6 +25,7 @@ from store.models import (
     Queue,
     Status,
     Ticket,
+    TicketFlag,
     TicketLink,
     TicketTag,
     utcnow,
@@ -480,19 +481,31 @@ def record_arrival(
     data: dict[str, Any],
     status: Status | None = None,
     reason: str = "",
+    at: datetime | None = None,
 ) -> Ticket:
     """A message joined an existing ticket: its event, and a status change if any.
 
     Arrivals never conflict: they lock the ticket row and take its version as it is,
     so a provider acting on the old version afterwards gets a conflict instead.
     """
-    change = _Change(session, ticket_id, None, None)
+    change = _Change(session, ticket_id, None, None, at=at)
     message.ticket_id = ticket_id
     session.add(message)
     session.flush()
     change.event("message", {"message": message.id, **data})
     if status is not None:
         change.set_status(status, reason)
+    return change.flush()
+
+
+def release(session: Session, ticket_id: int, version: int | None, actor: Person) -> Ticket:
+    """Let a quarantined ticket into its queue (the flag goes, an event records who)."""
+    change = _Change(session, ticket_id, version, actor)
+    flag = session.get(TicketFlag, (ticket_id, "quarantined"))
+    if flag is None:
+        raise ActionError(f"ticket #{ticket_id} is not quarantined")
+    session.delete(flag)
+    change.event("released", {"flag": "quarantined", "detail": flag.detail})
     return change.flush()
 
 

@@ -171,6 +171,134 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_poll(args: argparse.Namespace) -> int:
+    """Ingest mail: until stopped, or one pass with --once."""
+    import signal
+    import threading
+
+    from mail.poller import poll_once, run_forever
+
+    _poll_logging(args.debug)
+    ws = _workspace(args)
+    try:
+        if args.mailbox:
+            names = {m.name for m in ws.settings.mailbox}
+            unknown = [n for n in args.mailbox if n not in names]
+            if unknown:
+                raise UserError(
+                    f"--mailbox: no mailbox named {', '.join(unknown)} "
+                    f"(mailboxes: {', '.join(sorted(names)) or 'none'})",
+                    EXIT_USAGE,
+                )
+            import dataclasses
+
+            ws.settings = dataclasses.replace(
+                ws.settings, mailbox=tuple(m for m in ws.settings.mailbox if m.name in args.mailbox)
+            )
+        if not ws.settings.mailbox:
+            raise UserError("no [[mailbox]] in the config: nothing to poll", EXIT_USAGE)
+        progress = _progress_printer() if sys.stderr.isatty() else None
+        if args.once:
+            failed = 0
+            for st in poll_once(ws, progress):
+                if st.failures:
+                    failed += 1
+                    print(f"mailbox {st.name}: FAILED: {st.last_error}", file=sys.stderr)
+                else:
+                    print(
+                        f"mailbox {st.name}: {st.stored} stored, {st.duplicates} already known",
+                        file=sys.stderr,
+                    )
+            return EXIT_FAILURE if failed else EXIT_OK
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        run_forever(ws, stop, progress)
+    finally:
+        ws.close()
+    return EXIT_OK
+
+
+def _poll_logging(debug: bool) -> None:
+    """Logs on stderr: journald adds its own timestamps, humans get ours."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _progress_printer() -> Callable[[str, int, int], None]:
+    import time
+
+    started: dict[str, float] = {}
+
+    def show(name: str, done: int, total: int) -> None:
+        if total < 200:
+            return
+        begun = started.setdefault(name, time.monotonic() - 1e-3)
+        rate = done / max(time.monotonic() - begun, 1e-3)
+        end = "\n" if done >= total else ""
+        print(
+            f"\r{name}: {done}/{total} messages ({rate:,.0f}/s)",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Release a quarantined ticket into its queue."""
+    from store import services
+
+    ws = _workspace(args)
+    try:
+        if not ws.settings.me:
+            raise UserError('set me = "your address" in the config to act on tickets')
+        with ws.db.write() as session:
+            actor = services.get_or_create_person(session, ws.settings.me, provider=True)
+            services.release(session, args.id, None, actor)
+        print(f"ticket #{args.id} released from quarantine")
+    finally:
+        ws.close()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Create a demo workspace, ingest its mailbox through the real poller, show the queue."""
+    import tempfile
+
+    from mail.poller import poll_once
+    from store.config import load_settings
+    from store.views import iter_tickets
+    from store.workspace import open_workspace
+    from tui import demo
+    from tui.output import print_table
+
+    root = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="deskq-demo-"))
+    if root.exists() and any(root.iterdir()) and not (root / "config.toml").exists():
+        raise UserError(f"--dir {root} is not empty and holds no demo: choose another folder")
+    config = root / "config.toml"
+    if not config.exists():
+        demo.create(root)
+    ws = open_workspace(load_settings(config))
+    try:
+        for st in poll_once(ws):
+            if st.failures:
+                raise UserError(f"demo mailbox failed: {st.last_error}")
+            print(f"demo mailbox: {st.stored} emails ingested", file=sys.stderr)
+        with ws.db.session() as session:
+            print_table(iter_tickets(session), now=datetime.now(UTC))
+    finally:
+        ws.close()
+    print(f"\ndemo workspace: {root}\ntry: deskq --config {config} show 1")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -218,6 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="a JSON array (see README)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("poll", help="ingest mail from every mailbox until stopped")
+    p.add_argument(
+        "--once", action="store_true", help="one pass over every mailbox; exit code 1 if any failed"
+    )
+    p.add_argument(
+        "--mailbox", action="append", metavar="NAME", help="only this mailbox (repeatable)"
+    )
+    p.set_defaults(func=cmd_poll)
+
+    p = sub.add_parser("release", help="release a quarantined ticket into its queue")
+    p.add_argument("id", type=int, metavar="ID", help="ticket number")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("demo", help="a throwaway workspace with a demo mailbox")
+    p.add_argument("--dir", metavar="DIR", help="where to create it (default: a temp dir)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("show", help="show one ticket")
     p.add_argument("id", type=int, metavar="ID", help="ticket number")

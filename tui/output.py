@@ -86,7 +86,8 @@ def print_detail(d: TicketDetail, out: IO[str] = sys.stdout) -> None:
         out.write(for_terminal(m.text).rstrip() + "\n")
         for a in m.attachments:
             out.write(
-                f"[attachment] {one_line(a.filename, 120)} ({one_line(a.media_type, 80)}, {a.size} bytes)\n"
+                f"[attachment] {one_line(a.filename, 120)} "
+                f"({one_line(a.media_type, 80)}, {a.size} bytes)\n"
             )
     out.write("\n--- history\n")
     for e in d.events:
