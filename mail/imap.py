@@ -18,7 +18,8 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from mail.ingest import Incoming, Ingestor, Outcome, prepare
+from mail.ingest import Incoming, Ingestor, Outcome
+from mail.pipeline import prepared_batches
 from store.config import MailboxSettings, Settings
 from store.models import MailboxState
 from store.secrets import SecretError, resolve_password, run_secret_command
@@ -141,39 +142,41 @@ class ImapSource:
             self._finish_interrupted(client, last)
             self.recovered = True
         uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
-        outcomes: list[Outcome] = []
         size = self.settings.ingest.batch_size
-        for start in range(0, len(uids), size):
-            chunk = uids[start : start + size]
-            outcomes += self._store_chunk(client, chunk)
+        chunks = [uids[start : start + size] for start in range(0, len(uids), size)]
+        outcomes: list[Outcome] = []
+        done = 0
+        limit = self.settings.ingest.max_message_bytes
+        fetched = (self._fetch(client, chunk) for chunk in chunks)
+        for chunk, prepared in zip(chunks, prepared_batches(fetched, limit), strict=True):
+            outcomes += self.ingestor.store_batch(
+                prepared,
+                mailbox=self.mailbox.name,
+                default_queue=self.mailbox.default_queue,
+                folder=self.mailbox.folder,
+                uidvalidity=self.uidvalidity,
+                last_uid=max(chunk),
+            )
+            self._after(client, [p.item.uid for p in prepared if p.item.uid is not None])
+            done += len(chunk)
             if progress:
-                progress(self.mailbox.name, min(start + size, len(uids)), len(uids))
+                progress(self.mailbox.name, done, len(uids))
         return outcomes
 
-    def _store_chunk(self, client: IMAPClient, chunk: list[int]) -> list[Outcome]:
-        fetched = client.fetch(chunk, ["BODY.PEEK[]"])
-        items = [
+    def _fetch(self, client: IMAPClient, chunk: list[int]) -> list[Incoming]:
+        fetched = client.fetch(chunk, ["BODY.PEEK[]", "INTERNALDATE"])
+        return [
             Incoming(
                 raw=fetched[uid][b"BODY[]"],
                 mailbox=self.mailbox.name,
                 folder=self.mailbox.folder,
                 uidvalidity=self.uidvalidity,
                 uid=uid,
+                received_at=fetched[uid].get(b"INTERNALDATE"),
             )
             for uid in chunk
             if uid in fetched and b"BODY[]" in fetched[uid]
         ]
-        limit = self.settings.ingest.max_message_bytes
-        outcomes = self.ingestor.store_batch(
-            [prepare(item, limit) for item in items],
-            mailbox=self.mailbox.name,
-            default_queue=self.mailbox.default_queue,
-            folder=self.mailbox.folder,
-            uidvalidity=self.uidvalidity,
-            last_uid=max(chunk),
-        )
-        self._after(client, [i.uid for i in items if i.uid is not None])
-        return outcomes
 
     def _after(self, client: IMAPClient, uids: list[int]) -> None:
         """The after-action, applied only to committed messages."""

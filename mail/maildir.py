@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mail.ingest import Incoming, Ingestor, Outcome, prepare
+from mail.ingest import Incoming, Ingestor, Outcome
+from mail.pipeline import prepared_batches
 from store.config import MailboxSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -51,28 +52,37 @@ class MaildirSource:
     def pass_once(self, progress: Progress | None = None) -> list[Outcome]:
         """Store everything waiting in new/; returns what became of each message."""
         files = self.pending()
-        outcomes: list[Outcome] = []
         size = self.settings.ingest.batch_size
-        for start in range(0, len(files), size):
-            chunk = files[start : start + size]
-            items: list[tuple[Path, Incoming]] = []
-            for path in chunk:
-                try:
-                    raw = path.read_bytes()
-                    delivered = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                except FileNotFoundError:  # taken by another reader meanwhile
-                    continue
-                items.append(
-                    (path, Incoming(raw=raw, mailbox=self.mailbox.name, received_at=delivered))
-                )
-            prepared = [prepare(i, self.settings.ingest.max_message_bytes) for _, i in items]
+        paths: list[list[Path]] = []
+
+        def read() -> Iterator[list[Incoming]]:
+            for start in range(0, len(files), size):
+                items, found = [], []
+                for path in files[start : start + size]:
+                    try:
+                        raw = path.read_bytes()
+                        delivered = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    except FileNotFoundError:  # taken by another reader meanwhile
+                        continue
+                    items.append(
+                        Incoming(raw=raw, mailbox=self.mailbox.name, received_at=delivered)
+                    )
+                    found.append(path)
+                paths.append(found)
+                yield items
+
+        outcomes: list[Outcome] = []
+        done = 0
+        limit = self.settings.ingest.max_message_bytes
+        for index, prepared in enumerate(prepared_batches(read(), limit)):
             outcomes += self.ingestor.store_batch(
                 prepared, mailbox=self.mailbox.name, default_queue=self.mailbox.default_queue
             )
-            for path, _ in items:
+            for path in paths[index]:
                 self._after(path)
+            done += len(prepared)
             if progress:
-                progress(self.mailbox.name, min(start + size, len(files)), len(files))
+                progress(self.mailbox.name, done, len(files))
         return outcomes
 
     def _after(self, path: Path) -> None:

@@ -18,7 +18,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.message import EmailMessage, Message
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
@@ -168,43 +170,64 @@ def decode_bytes(data: bytes, declared: str | None, problems: list[str], what: s
     return data.decode("utf-8", "replace")
 
 
-def _header(msg: Message, name: str) -> str:
-    """A header's decoded value; falls back to the raw text if decoding fails."""
+def has_8bit(value: str) -> bool:
+    """Whether ``value`` carries raw 8-bit bytes (surrogate-escaped by the parser)."""
+    return any("\udc80" <= c <= "\udcff" for c in value)
+
+
+def decode_header_value(raw: str) -> str:
+    """A header value as text: RFC 2047 words decoded, undeclared 8-bit detected, unfolded.
+
+    The parser reads headers raw (``policy.compat32``, ten times faster than
+    ``policy.default``); this gives the same text as ``policy.default`` for valid
+    headers (a hypothesis test keeps them in step) and never raises on broken ones.
+    """
+    if has_8bit(raw):
+        raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None, [], "header")
+    if "=?" in raw:
+        raw = _decode_words(raw)
+    return one_line(raw)
+
+
+def _decode_words(raw: str) -> str:
     try:
-        value = msg.get(name)
-    except Exception:  # noqa: BLE001  (email's header classes raise many kinds)
-        raw = msg.get_all(name, failobj=[""]) if hasattr(msg, "get_all") else [""]
-        return one_line(str(raw[0]))
-    if value is None:
-        return ""
-    text = str(value)
-    if "\ufffd" in text:
-        text = _undeclared_8bit(msg, name) or text
-    return one_line(text)
-
-
-def _undeclared_8bit(msg: Message, name: str) -> str | None:
-    """A header sent as raw 8-bit bytes without a charset, decoded by detection."""
-    for key, raw in msg.raw_items():
-        if key.lower() == name.lower() and isinstance(raw, str):
-            if not any("\udc80" <= c <= "\udcff" for c in raw):
-                return None
-            data = raw.encode("utf-8", "surrogateescape")
-            return decode_bytes(data, None, [], name)
-    return None
-
-
-def _addresses(msg: Message, name: str) -> tuple[tuple[str, str], ...]:
-    values: list[str] = []
+        parts = decode_header(raw)
+    except (HeaderParseError, ValueError, LookupError, AssertionError):
+        return raw
     try:
-        values = [str(v) for v in msg.get_all(name, [])]
-    except Exception:  # noqa: BLE001
-        values = [str(v) for v in msg._headers if v[0].lower() == name]  # type: ignore[attr-defined]
+        return str(make_header(parts))
+    except (LookupError, UnicodeDecodeError, ValueError, HeaderParseError):
+        pass
     out = []
+    for chunk, charset in parts:
+        if isinstance(chunk, bytes):
+            known = charset if charset and charset != "unknown-8bit" else None
+            out.append(decode_bytes(chunk, known, [], "header"))
+        else:
+            out.append(chunk)
+    return "".join(out)
+
+
+def _raw_headers(msg: Message) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for key, value in msg.raw_items():
+        found.setdefault(key.lower(), []).append(str(value))
+    return found
+
+
+def _header(headers: dict[str, list[str]], name: str) -> str:
+    """A header's first value, decoded ('' if absent)."""
+    values = headers.get(name)
+    return decode_header_value(values[0]) if values else ""
+
+
+def _addresses(headers: dict[str, list[str]], name: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    values = [v.replace("\r", " ").replace("\n", " ") for v in headers.get(name, [])]
     for display, addr in getaddresses(values):
         addr = one_line(addr).strip("<>").lower()
-        if "@" in addr:
-            out.append((one_line(display), addr[:320]))
+        if "@" in addr and not has_8bit(addr):
+            out.append((decode_header_value(display), addr[:320]))
     return tuple(dict.fromkeys(out))
 
 
@@ -249,7 +272,7 @@ def _walk(part: Message, found: list[Message], attached: list[Message]) -> None:
 
 
 def _is_attachment(part: Message) -> bool:
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
     if disposition == "attachment" or part.get_filename():
         return True
     return part.get_content_type() not in ("text/plain", "text/html")
@@ -268,8 +291,8 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
             inner_subject = ""
             with contextlib.suppress(Exception):
                 inner = BytesParser(policy=policy.compat32).parsebytes(whole, headersonly=True)
-                inner_subject = one_line(str(inner.get("Subject", "")))
-            name = part.get_filename() or (inner_subject + ".eml" if inner_subject else "")
+                inner_subject = _header(_raw_headers(inner), "subject")
+            name = _filename(part, p.problems) or (inner_subject + ".eml" if inner_subject else "")
             p.attachments.append(
                 AttachmentPart(
                     safe_filename(name, ctype, index) or f"message-{index}.eml", ctype, whole
@@ -300,7 +323,7 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
             raw = part.get_payload()
             data = (raw if isinstance(raw, str) else "").encode("utf-8", "surrogateescape")
         cid = part.get("Content-ID")
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         p.attachments.append(
             AttachmentPart(
                 filename=safe_filename(_filename(part, p.problems), ctype, index),
@@ -319,7 +342,16 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
 
 def _filename(part: Message, problems: list[str]) -> str:
     try:
-        return part.get_filename() or ""
+        # Raw 8-bit parameter values are decoded before the parameters are parsed
+        # (compat32 would turn them into U+FFFD otherwise).
+        probe = Message()
+        for key, value in part.raw_items():
+            if key.lower() in ("content-disposition", "content-type"):
+                value = str(value)
+                if has_8bit(value):
+                    value = decode_bytes(value.encode("utf-8", "surrogateescape"), None, [], key)
+                probe[key] = value
+        return decode_header_value(str(probe.get_filename() or ""))
     except Exception as exc:  # noqa: BLE001
         problems.append(f"attachment name undecodable ({exc})")
         return ""
@@ -354,41 +386,42 @@ def parse(raw: bytes) -> ParsedMessage:
     """Everything deskq needs from ``raw``; never raises (see ``problems`` and ``fatal``)."""
     p = ParsedMessage()
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
         _fill(msg, p)
     except Exception as exc:
         log.debug("parse failed", exc_info=True)
         p.fatal = f"{type(exc).__name__}: {exc}"[:500]
         with contextlib.suppress(Exception):
-            head = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
-            p.subject = p.subject or one_line(str(head.get("Subject", "")))
+            head = _raw_headers(BytesParser(policy=policy.compat32).parsebytes(raw, True))
+            p.subject = p.subject or _header(head, "subject")
             if not p.from_addr:
                 found = _addresses(head, "from")
                 if found:
                     p.from_name, p.from_addr = found[0]
-            p.message_id = p.message_id or normalise_message_id(str(head.get("Message-ID", "")))
+            p.message_id = p.message_id or normalise_message_id(_header(head, "message-id"))
     return p
 
 
-def _fill(msg: EmailMessage, p: ParsedMessage) -> None:
+def _fill(msg: Message, p: ParsedMessage) -> None:
     for defect in msg.defects:
         p.problems.append(f"defect: {type(defect).__name__}")
-    p.message_id = normalise_message_id(_header(msg, "Message-ID"))
-    p.in_reply_to = message_ids(_header(msg, "In-Reply-To"))
-    p.references = message_ids(_header(msg, "References"))
-    p.subject = _header(msg, "Subject")
-    senders = _addresses(msg, "from") or _addresses(msg, "sender")
+    h = _raw_headers(msg)
+    p.message_id = normalise_message_id(_header(h, "message-id"))
+    p.in_reply_to = message_ids(_header(h, "in-reply-to"))
+    p.references = message_ids(_header(h, "references"))
+    p.subject = _header(h, "subject")
+    senders = _addresses(h, "from") or _addresses(h, "sender")
     if senders:
         p.from_name, p.from_addr = senders[0]
     else:
         p.problems.append("no sender address")
-    p.to, p.cc = _addresses(msg, "to"), _addresses(msg, "cc")
-    p.delivered_to = tuple(a for _, a in _addresses(msg, "delivered-to"))
-    p.x_original_to = tuple(a for _, a in _addresses(msg, "x-original-to"))
-    p.date = _parse_date(_header(msg, "Date"), p.problems)
+    p.to, p.cc = _addresses(h, "to"), _addresses(h, "cc")
+    p.delivered_to = tuple(a for _, a in _addresses(h, "delivered-to"))
+    p.x_original_to = tuple(a for _, a in _addresses(h, "x-original-to"))
+    p.date = _parse_date(_header(h, "date"), p.problems)
     for name in KEPT_HEADERS:
-        if name in msg:
-            p.headers[name] = _header(msg, name)
+        if name in h:
+            p.headers[name] = _header(h, name)
     ctype = msg.get_content_type()
     p.is_delivery_report = (
         ctype == "multipart/report"

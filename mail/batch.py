@@ -1,0 +1,690 @@
+"""Writing a batch of emails in a handful of set-based statements.
+
+Ingesting thousands of messages a second rules out one ORM flush per row. A batch is
+stored in three phases: read everything needed to decide (known identities, our own
+Message-IDs, referenced messages, tickets, people), decide every email's fate in
+Python (duplicate, own mail, join ticket T, open a new ticket), then write rows
+table by table with multi-row INSERTs. Replies to messages of the same batch thread
+too: decisions are taken in order and see the new tickets decided before them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import formataddr, getaddresses
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.orm import Session
+
+from mail.loops import automatic_reasons, own_ticket_header
+from mail.parse import one_line
+from store.models import (
+    Attachment,
+    Blob,
+    Direction,
+    Event,
+    Message,
+    Person,
+    Priority,
+    Queue,
+    RawSource,
+    Status,
+    Ticket,
+    TicketFlag,
+    TicketLink,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from mail.ingest import Ingestor, Outcome, Prepared
+
+UNKNOWN_SENDER = "unknown-sender@deskq.invalid"
+TICKETS = cast(Table, Ticket.__table__)
+MESSAGES = cast(Table, Message.__table__)
+EVENTS = cast(Table, Event.__table__)
+FLAGS = cast(Table, TicketFlag.__table__)
+ATTACHMENTS = cast(Table, Attachment.__table__)
+LINKS = cast(Table, TicketLink.__table__)
+_CHUNK = 400  # bound on IN (...) lists and multi-row INSERTs
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _fmt(addresses: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(formataddr(a) for a in addresses)
+
+
+def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], key: str) -> None:
+    """Multi-row INSERT that skips rows whose ``key`` exists (any backend, any race)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+    for part in _chunks(rows):
+        session.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=[key]), part)
+
+
+@dataclass
+class _TicketState:
+    """A ticket as this batch sees it (existing, locked; or about to be created)."""
+
+    id: int | None
+    queue_id: int
+    status: Status
+    version: int
+    requester_id: int
+    merged_into_id: int | None = None
+    updated_at: datetime | None = None
+    new_index: int | None = None  # position in _Batch.new_tickets
+    changed: bool = False
+    resolved_cleared: bool = False
+
+
+@dataclass
+class _Delivery:
+    """One email into one queue."""
+
+    prepared: Prepared
+    queue: Queue
+    sender_id: int
+    ticket: _TicketState
+    how: str
+    is_new: bool
+    link_to: list[tuple[_TicketState, str]] = field(default_factory=list)
+    status_events: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 1
+    message_row: dict[str, Any] = field(default_factory=dict)
+    message_id: int | None = None
+
+
+class Batch:
+    """Stores one batch of prepared emails inside the caller's transaction."""
+
+    def __init__(self, ingestor: Ingestor, session: Session, default_queue: str | None) -> None:
+        self.ing, self.session = ingestor, session
+        self.default_queue = default_queue or ingestor.settings.queue[0].key
+        self.queues = {q.key: q for q in session.scalars(select(Queue))}
+        self.tickets: dict[int, _TicketState] = {}
+        self.new_tickets: list[_TicketState] = []
+        self.people: dict[str, tuple[int, bool]] = {}
+        self.batch_ids: dict[tuple[str, int], _TicketState] = {}
+        self.deliveries: list[_Delivery] = []
+        self.now = utcnow()
+        self.conn = session.connection()
+
+    # ------------------------------------------------------------------ phase 1: read
+
+    def run(self, batch: Sequence[Prepared]) -> list[Outcome]:
+        """Decide and write everything; returns one outcome per email, in order."""
+        from mail.ingest import Outcome, arrival
+
+        fresh, outcomes = self._dedupe(batch)
+        own = self._own_message_ids([p for p in fresh if p.parsed.fatal is None])
+        self._load_people(fresh)
+        self._prefetch_threads(fresh)
+        decided: dict[int, tuple[str, list[_Delivery]]] = {}
+        raws: list[dict[str, Any]] = []
+        for p in fresh:
+            parsed = p.parsed
+            if parsed.fatal is None and (own_ticket_header(parsed) or parsed.message_id in own):
+                disposition, deliveries = "own-mail", []
+            else:
+                deliveries = self._decide(p, arrival(p.item))
+                new = any(d.is_new for d in deliveries)
+                disposition = "parse-error" if parsed.fatal else "new-ticket" if new else "threaded"
+            decided[id(p)] = (disposition, deliveries)
+            raws.append(self._raw_row(p, disposition))
+        inserted = self._insert_raws(raws)
+        for p in fresh:
+            disposition, deliveries = decided[id(p)]
+            if p.identity not in inserted:  # another process stored it meanwhile
+                outcomes[id(p)] = Outcome(p.item.uid, "duplicate")
+                continue
+            for d in deliveries:
+                d.message_row["raw_id"] = inserted[p.identity]
+                self.deliveries.append(d)
+            tickets = tuple(sorted({d.ticket.id or 0 for d in deliveries}))
+            outcomes[id(p)] = Outcome(p.item.uid, disposition, tickets, "")
+        self._write()
+        result = []
+        for p in batch:
+            outcome = outcomes[id(p)]
+            if outcome.disposition in ("new-ticket", "threaded", "parse-error"):
+                ds = [d for d in self.deliveries if d.prepared is p]
+                outcome.tickets = tuple(d.ticket.id for d in ds if d.ticket.id is not None)
+                outcome.detail = "; ".join(d.how for d in ds)
+            result.append(outcome)
+        return result
+
+    def _dedupe(self, batch: Sequence[Prepared]) -> tuple[list[Prepared], dict[int, Outcome]]:
+        from mail.ingest import Outcome
+
+        identities = list({p.identity for p in batch})
+        known: dict[str, int] = {}
+        for part in _chunks(identities):
+            for identity, raw_id in self.session.execute(
+                select(RawSource.identity, RawSource.id).where(RawSource.identity.in_(part))
+            ):
+                known[identity] = raw_id
+        tickets_of: dict[int, set[int]] = {}
+        if known:
+            for part in _chunks(list(known.values())):
+                for rid, tid in self.session.execute(
+                    select(Message.raw_id, Message.ticket_id).where(Message.raw_id.in_(part))
+                ):
+                    tickets_of.setdefault(rid or 0, set()).add(tid)
+        fresh: list[Prepared] = []
+        outcomes: dict[int, Outcome] = {}
+        seen: set[str] = set()
+        for p in batch:
+            if p.identity in known or p.identity in seen:
+                tids = tickets_of.get(known.get(p.identity, -1), set())
+                outcomes[id(p)] = Outcome(p.item.uid, "duplicate", tuple(sorted(tids)))
+            else:
+                seen.add(p.identity)
+                fresh.append(p)
+        return fresh, outcomes
+
+    def _own_message_ids(self, batch: Sequence[Prepared]) -> set[str]:
+        ids = [p.parsed.message_id for p in batch if p.parsed.message_id]
+        own: set[str] = set()
+        for part in _chunks(ids):
+            own.update(
+                self.session.scalars(
+                    select(Message.message_id).where(
+                        Message.message_id.in_(part), Message.direction == Direction.OUTBOUND
+                    )
+                )
+            )
+        return own
+
+    def _load_people(self, batch: Sequence[Prepared]) -> None:
+        wanted: dict[str, str] = {}
+        for p in batch:
+            wanted.setdefault(p.parsed.from_addr or UNKNOWN_SENDER, p.parsed.from_name)
+        self._read_people(list(wanted))
+        missing = [a for a in wanted if a not in self.people]
+        rows = [
+            {
+                "address": a,
+                "display_name": wanted[a][:200],
+                "is_provider": False,
+                "created_at": self.now,
+            }
+            for a in missing
+        ]
+        _insert_ignore(self.session, Person, rows, "address")
+        self._read_people(missing)
+
+    def _read_people(self, addresses: list[str]) -> None:
+        for part in _chunks(addresses):
+            for pid, address, provider in self.session.execute(
+                select(Person.id, Person.address, Person.is_provider).where(
+                    Person.address.in_(part)
+                )
+            ):
+                self.people[address] = (pid, provider)
+
+    def _prefetch_threads(self, batch: Sequence[Prepared]) -> None:
+        """Referenced messages and tagged tickets, with their tickets locked."""
+        refs: set[str] = set()
+        numbers: set[int] = set()
+        for p in batch:
+            refs.update(p.parsed.in_reply_to, p.parsed.references, p.parsed.report_message_ids)
+            for pattern in self.ing.tag_patterns.values():
+                numbers.update(int(n) for n in pattern.findall(p.parsed.subject) if len(n) < 12)
+        self.ref_rows: dict[str, list[int]] = {}
+        for part in _chunks(sorted(refs)):
+            for mid, tid in self.session.execute(
+                select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(part))
+            ):
+                self.ref_rows.setdefault(mid or "", []).append(tid)
+        wanted = numbers | {t for ts in self.ref_rows.values() for t in ts}
+        while wanted:  # follow merges to their end
+            self._load_tickets(sorted(wanted))
+            wanted = {
+                t.merged_into_id
+                for t in self.tickets.values()
+                if t.merged_into_id and t.merged_into_id not in self.tickets
+            }
+
+    def _load_tickets(self, ids: list[int]) -> None:
+        for part in _chunks(ids):
+            rows = self.session.execute(
+                select(
+                    Ticket.id,
+                    Ticket.queue_id,
+                    Ticket.status,
+                    Ticket.version,
+                    Ticket.requester_id,
+                    Ticket.merged_into_id,
+                    Ticket.updated_at,
+                )
+                .where(Ticket.id.in_(part))
+                .with_for_update()
+            )
+            for tid, qid, status, version, requester, merged, updated in rows:
+                self.tickets[tid] = _TicketState(
+                    tid, qid, status, version, requester, merged, updated
+                )
+
+    # ------------------------------------------------------------------ phase 2: decide
+
+    def _decide(self, p: Prepared, arrived: datetime) -> list[_Delivery]:
+        parsed = p.parsed
+        keys = [self.default_queue] if parsed.fatal else self.ing.route(parsed, self.default_queue)
+        sender_addr = parsed.from_addr or UNKNOWN_SENDER
+        sender_id, provider = self.people[sender_addr]
+        automatic = automatic_reasons(parsed)
+        deliveries = []
+        for key in keys:
+            queue = self.queues[key]
+            found = None if parsed.fatal else self._thread(queue, key, p, sender_id, provider)
+            d = self._deliver(p, queue, sender_id, found, arrived, provider, automatic)
+            deliveries.append(d)
+            if parsed.message_id:
+                self.batch_ids[(parsed.message_id, queue.id)] = d.ticket
+        if len(deliveries) > 1:
+            first = next((d for d in deliveries if d.is_new), None)
+            if first is not None:
+                first.link_to += [(d.ticket, "same-email") for d in deliveries if d is not first]
+        return deliveries
+
+    def _thread(
+        self, queue: Queue, key: str, p: Prepared, sender_id: int, provider: bool
+    ) -> tuple[_TicketState, str, bool] | None:
+        """(ticket, rule, join?) for an email in this queue, or None for a new ticket."""
+        parsed = p.parsed
+        ordered = [("In-Reply-To", m) for m in parsed.in_reply_to]
+        ordered += [("References", m) for m in reversed(parsed.references)]
+        ordered += [("bounce of", m) for m in parsed.report_message_ids]
+        for header, mid in ordered:
+            state = self.batch_ids.get((mid, queue.id))
+            if state is None:
+                state = next(
+                    (
+                        self.tickets[t]
+                        for t in self.ref_rows.get(mid, ())
+                        if t in self.tickets and self.tickets[t].queue_id == queue.id
+                    ),
+                    None,
+                )
+            if state is not None:
+                return self._live(state, f"{header} {mid}")
+        match = self.ing.tag_patterns[key].search(parsed.subject)
+        if match and len(match.group(1)) < 12:
+            number = int(match.group(1))
+            state = self.tickets.get(number)
+            if state is not None and state.queue_id == queue.id:
+                tag = f"[{queue.tag} #{number}]"
+                if provider or self._participant(state, sender_id, parsed.from_addr):
+                    return self._live(state, f"subject tag {tag} from a participant")
+                return (
+                    state,
+                    f"new ticket: subject tag {tag} but the sender is not a participant",
+                    False,
+                )
+        return None
+
+    def _live(self, state: _TicketState, how: str) -> tuple[_TicketState, str, bool]:
+        seen = {state.id}
+        while state.merged_into_id and state.merged_into_id not in seen:
+            seen.add(state.merged_into_id)
+            how += f" (merged into #{state.merged_into_id})"
+            state = self.tickets[state.merged_into_id]
+        if state.status == Status.CLOSED:
+            return state, f"new ticket: follow-up of closed #{state.id} ({how})", False
+        return state, how, True
+
+    def _participant(self, state: _TicketState, sender_id: int, address: str) -> bool:
+        if address == UNKNOWN_SENDER or not address:
+            return False
+        if state.requester_id == sender_id:
+            return True
+        if state.id is None:
+            return False
+        rows = self.session.execute(
+            select(Message.from_addr, Message.to_addrs, Message.cc_addrs).where(
+                Message.ticket_id == state.id
+            )
+        ).all()
+        return any(
+            address == a.lower() for row in rows for _, a in getaddresses([v for v in row if v])
+        )
+
+    def _deliver(
+        self,
+        p: Prepared,
+        queue: Queue,
+        sender_id: int,
+        found: tuple[_TicketState, str, bool] | None,
+        arrived: datetime,
+        provider: bool,
+        automatic: list[str],
+    ) -> _Delivery:
+        parsed = p.parsed
+        row = {
+            "direction": Direction.INBOUND,
+            "message_id": parsed.message_id,
+            "in_reply_to": " ".join(parsed.in_reply_to) or None,
+            "references": " ".join(parsed.references) or None,
+            "author_id": sender_id,
+            "from_addr": formataddr((parsed.from_name, parsed.from_addr))
+            if parsed.from_addr
+            else "",
+            "to_addrs": _fmt(parsed.to),
+            "cc_addrs": _fmt(parsed.cc),
+            "subject": parsed.subject,
+            "date": parsed.date,
+            "text_body": parsed.text,
+            "html_body": parsed.html,
+        }
+        if found is not None and found[2]:
+            state, how, _ = found
+            state.version += 1
+            state.changed = True
+            at = max(arrived, state.updated_at or arrived)
+            state.updated_at = at
+            d = _Delivery(p, queue, sender_id, state, how, False, version=state.version)
+            if not automatic and not provider:
+                reopen = {
+                    Status.RESOLVED: "reply after resolution",
+                    Status.PENDING: "requester replied",
+                }
+                if state.status in reopen:
+                    d.status_events.append(
+                        {
+                            "from": state.status.value,
+                            "to": Status.OPEN.value,
+                            "reason": reopen[state.status],
+                        }
+                    )
+                    state.resolved_cleared = state.status == Status.RESOLVED
+                    state.status = Status.OPEN
+        else:
+            state = _TicketState(
+                None,
+                queue.id,
+                Status.NEW,
+                1,
+                sender_id,
+                updated_at=arrived,
+                new_index=len(self.new_tickets),
+            )
+            self.new_tickets.append(state)
+            how = "new ticket" if found is None else found[1]
+            d = _Delivery(p, queue, sender_id, state, how, True)
+            if found is not None:
+                d.link_to.append((found[0], "related"))
+            at = arrived
+        row.update(threaded_by=how[:200], created_at=at)
+        d.message_row = row
+        return d
+
+    def _raw_row(self, p: Prepared, disposition: str) -> dict[str, Any]:
+        from mail.ingest import arrival
+
+        item = p.item
+        return {
+            "identity": p.identity,
+            "sha256": p.sha256,
+            "size": len(item.raw),
+            "compression": "zlib",
+            "data": p.compressed,
+            "mailbox": item.mailbox,
+            "folder": item.folder,
+            "uidvalidity": item.uidvalidity,
+            "uid": item.uid,
+            "received_at": arrival(item),
+            "disposition": disposition,
+        }
+
+    def _insert_raws(self, rows: list[dict[str, Any]]) -> dict[str, int]:
+        inserted: dict[str, int] = {}
+        if not rows:
+            return inserted
+        if self.session.get_bind().dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        for part in _chunks(rows, 100):
+            stmt = (
+                dialect_insert(RawSource)
+                .on_conflict_do_nothing(index_elements=["identity"])
+                .returning(RawSource.identity, RawSource.id)
+            )
+            for identity, raw_id in self.session.execute(stmt, part):
+                inserted[identity] = raw_id
+        return inserted
+
+    # ------------------------------------------------------------------ phase 3: write
+
+    def _write(self) -> None:
+        if not self.deliveries:
+            return
+        self._insert_tickets()
+        self._insert_messages()
+        self._insert_events_and_links()
+        self._update_joined()
+        self._insert_flags()
+        self._insert_attachments()
+        self._auto_acks()
+
+    def _insert_tickets(self) -> None:
+        creators = {d.ticket.new_index: d for d in self.deliveries if d.is_new}
+        rows = []
+        for state in self.new_tickets:
+            d = creators.get(state.new_index)
+            if d is None:  # decided, then dropped as a concurrent duplicate
+                continue
+            parsed = d.prepared.parsed
+            rows.append(
+                (
+                    state,
+                    {
+                        "queue_id": state.queue_id,
+                        "subject": parsed.subject or "(no subject)",
+                        "requester_id": state.requester_id,
+                        "status": Status.NEW,
+                        "priority": Priority.NORMAL,
+                        "created_at": state.updated_at,
+                        "updated_at": state.updated_at,
+                        "version": 1,
+                    },
+                )
+            )
+        for part in _chunks(rows, 100):
+            ids = (
+                self.conn.execute(
+                    insert(TICKETS).returning(TICKETS.c.id, sort_by_parameter_order=True),
+                    [r for _, r in part],
+                )
+                .scalars()
+                .all()
+            )
+            for (state, _), tid in zip(part, ids, strict=True):
+                state.id = tid
+                self.tickets[tid] = state
+
+    def _insert_messages(self) -> None:
+        for part in _chunks(self.deliveries, 100):
+            rows = [{**d.message_row, "ticket_id": d.ticket.id} for d in part]
+            ids = (
+                self.conn.execute(
+                    insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows
+                )
+                .scalars()
+                .all()
+            )
+            for d, mid in zip(part, ids, strict=True):
+                d.message_id = mid
+
+    def _insert_events_and_links(self) -> None:
+        events: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        linked: set[tuple[int, int]] = set()
+        for d in self.deliveries:
+            tid, at = d.ticket.id, d.message_row["created_at"]
+            parsed = d.prepared.parsed
+            base = {"ticket_id": tid, "at": at, "actor_id": None, "version": d.version}
+            if d.is_new:
+                events.append(
+                    {
+                        **base,
+                        "kind": "created",
+                        "data": {
+                            "queue": d.queue.key,
+                            "status": "new",
+                            "priority": "normal",
+                            "requester": parsed.from_addr or UNKNOWN_SENDER,
+                            "mailbox": d.prepared.item.mailbox,
+                        },
+                    }
+                )
+            events.append(
+                {
+                    **base,
+                    "kind": "message",
+                    "data": {
+                        "message": d.message_id,
+                        "from": parsed.from_addr,
+                        "threaded_by": d.message_row["threaded_by"],
+                    },
+                }
+            )
+            events += [{**base, "kind": "status", "data": s} for s in d.status_events]
+            for other, kind in d.link_to:
+                a, b = tid or 0, other.id or 0
+                if a == b or (a, b) in linked:
+                    continue
+                linked.update({(a, b), (b, a)})
+                links += [
+                    {"ticket_id": a, "other_id": b, "kind": kind, "created_at": at},
+                    {"ticket_id": b, "other_id": a, "kind": kind, "created_at": at},
+                ]
+                events.append({**base, "kind": "link", "data": {"other": b, "kind": kind}})
+                events.append(
+                    {
+                        **base,
+                        "ticket_id": b,
+                        "version": other.version,
+                        "kind": "link",
+                        "data": {"other": a, "kind": kind},
+                    }
+                )
+        for part in _chunks(events):
+            self.conn.execute(insert(EVENTS), part)
+        if links:
+            _insert_ignore_pairs(self.session, links)
+
+    def _update_joined(self) -> None:
+        for state in self.tickets.values():
+            if not state.changed or state.id is None or state.new_index is not None:
+                continue
+            values: dict[str, Any] = {
+                "version": state.version,
+                "updated_at": state.updated_at,
+                "status": state.status,
+            }
+            if state.resolved_cleared:
+                values["resolved_at"] = None
+            self.session.execute(
+                update(Ticket)
+                .where(Ticket.id == state.id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    def _insert_flags(self) -> None:
+        rows = []
+        for d in self.deliveries:
+            for flag, detail in self.ing.flags_for(d.prepared, d.queue.key, d.is_new):
+                rows.append(
+                    {
+                        "ticket_id": d.ticket.id,
+                        "flag": flag,
+                        "detail": one_line(detail)[:2000],
+                        "created_at": self.now,
+                    }
+                )
+        unique = {(r["ticket_id"], r["flag"]): r for r in rows}
+        existing = set()
+        if unique:
+            ids = list({r["ticket_id"] for r in unique.values()})
+            existing = {
+                (t, f)
+                for t, f in self.session.execute(
+                    select(TicketFlag.ticket_id, TicketFlag.flag).where(
+                        TicketFlag.ticket_id.in_(ids)
+                    )
+                )
+            }
+        fresh = [r for k, r in unique.items() if k not in existing]
+        if fresh:
+            self.conn.execute(insert(FLAGS), fresh)
+
+    def _insert_attachments(self) -> None:
+        blobs: dict[str, dict[str, Any]] = {}
+        rows = []
+        for d in self.deliveries:
+            for part in d.prepared.parsed.attachments:
+                digest = hashlib.sha256(part.data).hexdigest()
+                if digest not in blobs:
+                    blobs[digest] = {
+                        "sha256": digest,
+                        "size": len(part.data),
+                        "compression": "zlib",
+                        "data": part.data,
+                    }
+                rows.append(
+                    {
+                        "message_id": d.message_id,
+                        "filename": part.filename,
+                        "media_type": part.media_type,
+                        "size": len(part.data),
+                        "sha256": digest,
+                        "content_id": part.content_id,
+                        "inline": part.inline,
+                    }
+                )
+        if not rows:
+            return
+        known: set[str] = set()
+        for digests in _chunks(list(blobs)):
+            known.update(self.session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
+        fresh = [b for k, b in blobs.items() if k not in known]
+        for blob in fresh:
+            blob["data"] = zlib.compress(blob["data"], 6)
+        _insert_ignore(self.session, Blob, fresh, "sha256")
+        for chunk in _chunks(rows):
+            self.conn.execute(insert(ATTACHMENTS), chunk)
+
+    def _auto_acks(self) -> None:
+        for d in self.deliveries:
+            if d.is_new:
+                self.ing.maybe_acknowledge(self.session, d)
+
+
+def _insert_ignore_pairs(session: Session, rows: list[dict[str, Any]]) -> None:
+    wanted = {(r["ticket_id"], r["other_id"]): r for r in rows}
+    have = {
+        (a, b)
+        for a, b in session.execute(
+            select(TicketLink.ticket_id, TicketLink.other_id).where(
+                TicketLink.ticket_id.in_([k[0] for k in wanted])
+            )
+        )
+    }
+    fresh = [r for k, r in wanted.items() if k not in have]
+    if fresh:
+        session.connection().execute(insert(LINKS), fresh)

@@ -1,0 +1,94 @@
+"""Parsing in a worker process while the caller fetches and stores.
+
+Parsing costs about as much as storing, and a machine has more than one core: the
+next batch is parsed in a worker process while the current one is written to the
+database. Small batches (IDLE pushes one message at a time) are parsed in-process,
+where a round trip to the worker would only add latency.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from mail.ingest import Incoming, Prepared, prepare
+
+log = logging.getLogger(__name__)
+# Below this many messages a batch is parsed in-process.
+POOL_THRESHOLD = 50
+
+_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+
+
+def _workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _get_pool() -> ProcessPoolExecutor | None:
+    global _pool
+    if os.environ.get("DESKQ_NO_PARSE_POOL"):
+        return None
+    with _lock:
+        if _pool is None:
+            # spawn, not fork: the poller runs threads, and forking a threaded
+            # process can copy a held lock into the child.
+            context = multiprocessing.get_context("spawn")
+            _pool = ProcessPoolExecutor(max_workers=_workers(), mp_context=context)
+            atexit.register(_shutdown)
+        return _pool
+
+
+def _shutdown() -> None:
+    global _pool
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
+
+
+def _prepare_all(items: list[Incoming], max_bytes: int) -> list[Prepared]:
+    return [prepare(item, max_bytes) for item in items]
+
+
+def prepared_batches(batches: Iterable[list[Incoming]], max_bytes: int) -> Iterator[list[Prepared]]:
+    """The batches, prepared, in order; batch n+1 is parsed while batch n is used."""
+    pending: Future[list[Prepared]] | list[Incoming] | None = None
+    pending_items: list[Incoming] = []
+    for items in batches:
+        submitted = _submit(items, max_bytes)
+        if pending is not None:
+            yield _result(pending, pending_items, max_bytes)
+        pending, pending_items = submitted, items
+    if pending is not None:
+        yield _result(pending, pending_items, max_bytes)
+
+
+def _submit(items: list[Incoming], max_bytes: int) -> Future[list[Prepared]] | list[Incoming]:
+    pool = _get_pool() if len(items) >= POOL_THRESHOLD else None
+    if pool is None:
+        return items
+    try:
+        return pool.submit(_prepare_all, items, max_bytes)
+    except (BrokenProcessPool, RuntimeError):
+        _shutdown()
+        return items
+
+
+def _result(
+    pending: Future[list[Prepared]] | list[Incoming], items: list[Incoming], max_bytes: int
+) -> list[Prepared]:
+    if isinstance(pending, list):
+        return _prepare_all(pending, max_bytes)
+    try:
+        return pending.result()
+    except BrokenProcessPool:
+        log.warning("parse worker died; parsing this batch in-process")
+        _shutdown()
+        return _prepare_all(items, max_bytes)
