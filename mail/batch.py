@@ -156,11 +156,14 @@ class Batch:
             tickets = tuple(sorted({d.ticket.id or 0 for d in deliveries}))
             outcomes[id(p)] = Outcome(p.item.uid, disposition, tickets, "")
         self._write()
+        by_email: dict[int, list[_Delivery]] = {}
+        for d in self.deliveries:
+            by_email.setdefault(id(d.prepared), []).append(d)
         result = []
         for p in batch:
             outcome = outcomes[id(p)]
             if outcome.disposition in ("new-ticket", "threaded", "parse-error"):
-                ds = [d for d in self.deliveries if d.prepared is p]
+                ds = by_email.get(id(p), [])
                 outcome.tickets = tuple(d.ticket.id for d in ds if d.ticket.id is not None)
                 outcome.detail = "; ".join(d.how for d in ds)
             result.append(outcome)
@@ -563,6 +566,10 @@ class Batch:
                 }
             )
             events += [{**base, "kind": "status", "data": s} for s in d.status_events]
+        # Links after every ticket's own events, so a history always starts "created".
+        for d in self.deliveries:
+            tid, at = d.ticket.id, d.message_row["created_at"]
+            base = {"ticket_id": tid, "at": at, "actor_id": None, "version": d.version}
             for other, kind in d.link_to:
                 a, b = tid or 0, other.id or 0
                 if a == b or (a, b) in linked:

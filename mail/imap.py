@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from imapclient import IMAPClient
@@ -172,7 +173,7 @@ class ImapSource:
                 folder=self.mailbox.folder,
                 uidvalidity=self.uidvalidity,
                 uid=uid,
-                received_at=fetched[uid].get(b"INTERNALDATE"),
+                received_at=_utc(fetched[uid].get(b"INTERNALDATE")),
             )
             for uid in chunk
             if uid in fetched and b"BODY[]" in fetched[uid]
@@ -241,6 +242,13 @@ class ImapSource:
                     instant_empty = 0
         finally:
             client.idle_done()  # raises if the server is gone
+
+
+def _utc(value: Any) -> datetime | None:
+    """INTERNALDATE as a plain UTC datetime (imapclient's tzinfo does not pickle)."""
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _is_news(response: Any) -> bool:

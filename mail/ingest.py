@@ -9,6 +9,7 @@ flagged ``parse-error`` (raw source kept) instead of stopping the batch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from mail.batch import Batch
 from mail.loops import automatic_reasons, is_bounce
-from mail.parse import ParsedMessage, content_identity, parse
+from mail.parse import ParsedMessage, clean_text, content_identity, parse
 from store import outbox
 from store.config import Settings
 from store.db import Database
@@ -125,6 +127,8 @@ class Ingestor:
             try:
                 with session.begin_nested():
                     outcomes = Batch(self, session, default_queue).run(batch)
+            except (OperationalError, InterfaceError):
+                raise  # the database, not the mail: the whole batch is retried later
             except Exception:
                 log.exception("mailbox %s: batch failed; storing its messages one by one", mailbox)
                 outcomes = [self._store_alone(session, p, default_queue) for p in batch]
@@ -136,14 +140,24 @@ class Ingestor:
         return outcomes
 
     def _store_alone(self, session: Session, p: Prepared, default_queue: str | None) -> Outcome:
+        """One message on its own; if it still fails, a parse-error ticket with only its
+        raw source, sender and subject (nothing else of its content can break the write)."""
         try:
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
+        except (OperationalError, InterfaceError):
+            raise
         except Exception as exc:
             log.exception(
                 "message uid=%s could not be stored; keeping it as parse-error", p.item.uid
             )
-            p.parsed.fatal = f"deskq could not store this message: {type(exc).__name__}: {exc}"
+            bare = ParsedMessage(
+                subject=clean_text(p.parsed.subject)[:500],
+                from_name=clean_text(p.parsed.from_name)[:200],
+                from_addr=clean_text(p.parsed.from_addr)[:320],
+                fatal=f"deskq could not store this message: {type(exc).__name__}: {exc}"[:1000],
+            )
+            p = dataclasses.replace(p, parsed=bare, too_large=False)
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
 

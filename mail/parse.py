@@ -9,6 +9,7 @@ usable could be read at all, ``fatal`` says why (the ticket is then flagged
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import logging
@@ -36,7 +37,9 @@ _EXTENSIONS = {
     "text/plain": ".txt",
     "message/rfc822": ".eml",
 }
-_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u202a-\u202e\u2066-\u2069]")
+_FILENAME_BAD = re.compile(
+    r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
 
 
 @dataclass
@@ -105,7 +108,12 @@ def clean_text(value: str) -> str:
     with contextlib.suppress(UnicodeEncodeError):
         value.encode("utf-8")
         return value
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    with contextlib.suppress(UnicodeEncodeError):  # escaped raw bytes: decode them
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _ANY_SURROGATE.sub("\ufffd", value)  # lone surrogates (e.g. from UTF-7)
+
+
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def one_line(value: str) -> str:
@@ -144,8 +152,11 @@ def safe_filename(name: str, media_type: str, index: int) -> str:
     return name
 
 
-def decode_bytes(data: bytes, declared: str | None, problems: list[str], what: str) -> str:
-    """Decode ``data``: the declared charset if it works, else a detected one, else UTF-8."""
+def decode_bytes(
+    data: bytes, declared: str | None, problems: list[str], what: str, hint: str | None = None
+) -> str:
+    """Decode ``data``: the declared charset if it works, else UTF-8, else ``hint`` (a
+    charset declared elsewhere in the same message), else a guess (see :func:`guess`)."""
     if declared:
         try:
             return data.decode(declared)
@@ -153,29 +164,59 @@ def decode_bytes(data: bytes, declared: str | None, problems: list[str], what: s
             problems.append(f"{what}: unknown charset {declared!r}")
         except UnicodeDecodeError:
             problems.append(f"{what}: not valid {declared}")
-    else:
-        try:
-            return data.decode("ascii")
-        except UnicodeDecodeError:
-            pass
+    if data.isascii():
+        return data.decode("ascii")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    from charset_normalizer import from_bytes
+    if hint and hint != declared:
+        with contextlib.suppress(LookupError, UnicodeDecodeError):
+            return data.decode(hint)
+    return guess(data)
 
-    best = from_bytes(data).best()
-    if best is not None:
-        return str(best)
-    return data.decode("utf-8", "replace")
+
+_LATIN_LETTER = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def guess(data: bytes) -> str:
+    """Text of undeclared 8-bit ``data``.
+
+    Detectors guess badly on the short strings mail is made of (a subject, a name:
+    "B\xfcro" comes out as Chinese), so short data is judged by shape: accented
+    letters sprinkled inside ASCII words are Western European (cp1252); words made
+    wholly of 8-bit bytes are Cyrillic, cp1251 or KOI8-R, whichever gives mostly
+    lower-case letters. Longer data goes to charset-normalizer.
+    """
+    high = [i for i, b in enumerate(data) if b >= 0x80]
+    if len(high) >= 64:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is not None:
+            return str(best)
+    beside_latin = sum(
+        1
+        for i in high
+        if (i > 0 and data[i - 1] in _LATIN_LETTER)
+        or (i + 1 < len(data) and data[i + 1] in _LATIN_LETTER)
+    )
+    if beside_latin * 2 >= len(high):
+        return data.decode("cp1252", "replace")
+    candidates = [data.decode(c, "replace") for c in ("cp1251", "koi8_r")]
+    return max(candidates, key=lambda t: sum(c.islower() for c in t if c >= "\u0400"))
+
+
+_TRAILING_BLANKS = re.compile(rb"[ \t\r]+\n")
+_SURROGATES = re.compile("[\udc80-\udcff]")
 
 
 def has_8bit(value: str) -> bool:
     """Whether ``value`` carries raw 8-bit bytes (surrogate-escaped by the parser)."""
-    return any("\udc80" <= c <= "\udcff" for c in value)
+    return not value.isascii() and _SURROGATES.search(value) is not None
 
 
-def decode_header_value(raw: str) -> str:
+def decode_header_value(raw: str, hint: str | None = None) -> str:
     """A header value as text: RFC 2047 words decoded, undeclared 8-bit detected, unfolded.
 
     The parser reads headers raw (``policy.compat32``, ten times faster than
@@ -183,7 +224,7 @@ def decode_header_value(raw: str) -> str:
     headers (a hypothesis test keeps them in step) and never raises on broken ones.
     """
     if has_8bit(raw):
-        raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None, [], "header")
+        raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None, [], "header", hint)
     if "=?" in raw:
         raw = _decode_words(raw)
     return one_line(raw)
@@ -215,23 +256,25 @@ def _raw_headers(msg: Message) -> dict[str, list[str]]:
     return found
 
 
-def _header(headers: dict[str, list[str]], name: str) -> str:
+def _header(headers: dict[str, list[str]], name: str, hint: str | None = None) -> str:
     """A header's first value, decoded ('' if absent)."""
     values = headers.get(name)
-    return decode_header_value(values[0]) if values else ""
+    return decode_header_value(values[0], hint) if values else ""
 
 
-def _addresses(headers: dict[str, list[str]], name: str) -> tuple[tuple[str, str], ...]:
+def _addresses(
+    headers: dict[str, list[str]], name: str, hint: str | None = None
+) -> tuple[tuple[str, str], ...]:
     out = []
     values = [v.replace("\r", " ").replace("\n", " ") for v in headers.get(name, [])]
     for display, addr in getaddresses(values):
         addr = one_line(addr).strip("<>").lower()
         if "@" in addr and not has_8bit(addr):
-            out.append((decode_header_value(display), addr[:320]))
+            out.append((decode_header_value(display, hint), addr[:320]))
     return tuple(dict.fromkeys(out))
 
 
-def _payload_text(part: Message, problems: list[str]) -> str:
+def _payload_text(part: Message, problems: list[str], hint: str | None = None) -> str:
     try:
         data = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001
@@ -241,17 +284,60 @@ def _payload_text(part: Message, problems: list[str]) -> str:
         raw = part.get_payload()
         return clean_text(raw if isinstance(raw, str) else "")
     charset = part.get_content_charset()
-    return clean_text(decode_bytes(data, charset, problems, "body"))
+    return clean_text(decode_bytes(data, charset, problems, "body", hint))
 
 
 def html_to_text(html: str) -> str:
-    """Readable plain text of an HTML body (layout-aware: lists, tables, paragraphs)."""
-    try:
-        from inscriptis import get_text  # type: ignore[import-untyped]
+    """Readable plain text of an HTML body (paragraphs, lists and tables laid out).
 
-        return str(get_text(html)).strip()
-    except Exception:  # noqa: BLE001  (lxml may refuse some documents)
+    inscriptis does the layout; very large documents (where its layout engine gets
+    slow) go through lxml's text extraction with line breaks at block elements.
+    """
+    try:
+        if len(html) <= INSCRIPTIS_LIMIT:
+            from inscriptis import get_text
+
+            return str(get_text(html)).strip()
+        return _lxml_text(html)
+    except Exception:  # noqa: BLE001  (lxml refuses some documents)
         return re.sub(r"<[^>]+>", " ", html)
+
+
+INSCRIPTIS_LIMIT = 64 * 1024
+_BLOCKS = (
+    "p",
+    "div",
+    "br",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "ul",
+    "ol",
+    "blockquote",
+    "pre",
+    "hr",
+)
+
+
+def _lxml_text(html: str) -> str:
+    import lxml.html
+
+    root = lxml.html.document_fromstring(html)
+    for bad in root.xpath("//script|//style|//head"):
+        bad.drop_tree()
+    for element in root.iter(*_BLOCKS):
+        element.tail = "\n" + (element.tail or "")
+        if element.tag == "li":
+            element.text = "* " + (element.text or "")
+    text = root.text_content()
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def _walk(part: Message, found: list[Message], attached: list[Message]) -> None:
@@ -272,13 +358,15 @@ def _walk(part: Message, found: list[Message], attached: list[Message]) -> None:
 
 
 def _is_attachment(part: Message) -> bool:
-    disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-    if disposition == "attachment" or part.get_filename():
+    if part.get_content_type() not in ("text/plain", "text/html"):
         return True
-    return part.get_content_type() not in ("text/plain", "text/html")
+    disposition = str(part.get("Content-Disposition") or "")
+    if not disposition and "name=" not in str(part.get("Content-Type") or ""):
+        return False
+    return disposition.split(";")[0].strip().lower() == "attachment" or bool(part.get_filename())
 
 
-def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
+def _bodies_and_attachments(msg: Message, p: ParsedMessage, hint: str | None) -> None:
     leaves: list[Message] = []
     attached: list[Message] = []
     _walk(msg, leaves, attached)
@@ -290,8 +378,10 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
             whole = _attached_bytes(part)
             inner_subject = ""
             with contextlib.suppress(Exception):
-                inner = BytesParser(policy=policy.compat32).parsebytes(whole, headersonly=True)
-                inner_subject = _header(_raw_headers(inner), "subject")
+                inner = _raw_headers(BytesParser(policy=policy.compat32).parsebytes(whole, True))
+                inner_subject = _header(inner, "subject", hint)
+                if p.is_delivery_report:  # the bounced original, returned whole
+                    p.report_message_ids += message_ids(_header(inner, "message-id"))
             name = _filename(part, p.problems) or (inner_subject + ".eml" if inner_subject else "")
             p.attachments.append(
                 AttachmentPart(
@@ -313,7 +403,7 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
                 )
             )
         if not _is_attachment(part):
-            (plain if ctype == "text/plain" else html).append(_payload_text(part, p.problems))
+            (plain if ctype == "text/plain" else html).append(_payload_text(part, p.problems, hint))
             continue
         data: Any = None
         with contextlib.suppress(Exception):
@@ -327,9 +417,9 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage) -> None:
         p.attachments.append(
             AttachmentPart(
                 filename=safe_filename(_filename(part, p.problems), ctype, index),
-                media_type=ctype[:255],
+                media_type=one_line(ctype)[:255],
                 data=data,
-                content_id=normalise_message_id(str(cid)) if cid else None,
+                content_id=normalise_message_id(one_line(str(cid))) if cid else None,
                 inline=disposition == "inline" or (cid is not None and disposition != "attachment"),
             )
         )
@@ -379,6 +469,7 @@ def _parse_date(value: str, problems: list[str]) -> datetime | None:
     try:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
+        problems.append(f"Date out of range: {value[:60]!r}")
         return None
 
 
@@ -402,20 +493,32 @@ def parse(raw: bytes) -> ParsedMessage:
     return p
 
 
+def _charset_hint(msg: Message) -> str | None:
+    """A charset declared somewhere in the message: the best guess for its undeclared bytes."""
+    for part in msg.walk():
+        charset = part.get_content_charset()
+        if charset and charset not in ("us-ascii", "ascii", "utf-8", "unknown-8bit"):
+            with contextlib.suppress(LookupError):
+                codecs.lookup(charset)
+                return charset
+    return None
+
+
 def _fill(msg: Message, p: ParsedMessage) -> None:
     for defect in msg.defects:
         p.problems.append(f"defect: {type(defect).__name__}")
     h = _raw_headers(msg)
+    hint = _charset_hint(msg)
     p.message_id = normalise_message_id(_header(h, "message-id"))
     p.in_reply_to = message_ids(_header(h, "in-reply-to"))
     p.references = message_ids(_header(h, "references"))
-    p.subject = _header(h, "subject")
-    senders = _addresses(h, "from") or _addresses(h, "sender")
+    p.subject = _header(h, "subject", hint)
+    senders = _addresses(h, "from", hint) or _addresses(h, "sender", hint)
     if senders:
         p.from_name, p.from_addr = senders[0]
     else:
         p.problems.append("no sender address")
-    p.to, p.cc = _addresses(h, "to"), _addresses(h, "cc")
+    p.to, p.cc = _addresses(h, "to", hint), _addresses(h, "cc", hint)
     p.delivered_to = tuple(a for _, a in _addresses(h, "delivered-to"))
     p.x_original_to = tuple(a for _, a in _addresses(h, "x-original-to"))
     p.date = _parse_date(_header(h, "date"), p.problems)
@@ -431,7 +534,7 @@ def _fill(msg: Message, p: ParsedMessage) -> None:
             for k in ("delivery-status", "disposition-notification")
         )
     )
-    _bodies_and_attachments(msg, p)
+    _bodies_and_attachments(msg, p, hint)
 
 
 def content_identity(raw: bytes, message_id: str | None) -> str:
@@ -452,8 +555,11 @@ def content_identity(raw: bytes, message_id: str | None) -> str:
         if colon and name.strip().lower() in wanted:
             origin.append(name.strip().lower() + b":" + b" ".join(value.split()))
     digest = hashlib.sha256()
+    if not origin and not message_id:
+        # Nothing identifies the sender's copy: the whole header block must.
+        origin = [b" ".join(head.split())]
     for item in sorted(origin):
         digest.update(item + b"\n")
     digest.update(b"\n")
-    digest.update(b"\n".join(line.rstrip() for line in body.rstrip().split(b"\n")))
+    digest.update(_TRAILING_BLANKS.sub(b"\n", body.rstrip()))
     return f"{(message_id or '<>')[:60]}|{digest.hexdigest()}"

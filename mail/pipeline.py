@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,9 +41,26 @@ def _get_pool() -> ProcessPoolExecutor | None:
             # spawn, not fork: the poller runs threads, and forking a threaded
             # process can copy a held lock into the child.
             context = multiprocessing.get_context("spawn")
-            _pool = ProcessPoolExecutor(max_workers=_workers(), mp_context=context)
+            _pool = ProcessPoolExecutor(
+                max_workers=_workers(),
+                mp_context=context,
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
             atexit.register(_shutdown)
         return _pool
+
+
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit when the parent is gone (even SIGKILLed), never linger."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _shutdown() -> None:
@@ -55,6 +73,16 @@ def _shutdown() -> None:
 
 def _prepare_all(items: list[Incoming], max_bytes: int) -> list[Prepared]:
     return [prepare(item, max_bytes) for item in items]
+
+
+def _prepare_remote(items: list[Incoming], max_bytes: int) -> list[Prepared]:
+    """In the worker: the raw bytes are not sent back (the caller still has them)."""
+    out = []
+    for item in items:
+        prepared = prepare(item, max_bytes)
+        prepared.item = Incoming(raw=b"", mailbox=item.mailbox)
+        out.append(prepared)
+    return out
 
 
 def prepared_batches(batches: Iterable[list[Incoming]], max_bytes: int) -> Iterator[list[Prepared]]:
@@ -75,7 +103,7 @@ def _submit(items: list[Incoming], max_bytes: int) -> Future[list[Prepared]] | l
     if pool is None:
         return items
     try:
-        return pool.submit(_prepare_all, items, max_bytes)
+        return pool.submit(_prepare_remote, items, max_bytes)
     except (BrokenProcessPool, RuntimeError):
         _shutdown()
         return items
@@ -87,7 +115,10 @@ def _result(
     if isinstance(pending, list):
         return _prepare_all(pending, max_bytes)
     try:
-        return pending.result()
+        prepared = pending.result()
+        for own, item in zip(prepared, items, strict=True):
+            own.item = item
+        return prepared
     except BrokenProcessPool:
         log.warning("parse worker died; parsing this batch in-process")
         _shutdown()

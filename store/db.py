@@ -77,6 +77,8 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, **kw: Any) -> Engine:
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA cache_size = -65536")  # 64 MB of page cache per connection
+        cur.execute("PRAGMA temp_store = MEMORY")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 

@@ -1,0 +1,1003 @@
+"""Ingestion through a real Maildir into real databases: exactly once, after-actions,
+routing, threading, loop guards, quarantine, oversize and broken mail, attachments.
+
+Each test writes .eml files into ``new/`` of a Maildir in tmp_path and runs the
+product's own source (:class:`mail.maildir.MaildirSource`) or the poller; the key
+tests run on SQLite and on PostgreSQL (``db_url``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from mail import ingest
+from mail.ingest import Ingestor, Outcome
+from mail.maildir import MaildirSource
+from mail.parse import ParsedMessage, parse
+from mail.poller import poll_once
+from store import services
+from store.config import Settings, parse_settings
+from store.db import make_engine
+from store.models import (
+    Attachment,
+    Base,
+    Blob,
+    Direction,
+    Event,
+    Message,
+    OutboxItem,
+    Person,
+    Queue,
+    RawSource,
+    Status,
+    Ticket,
+    TicketFlag,
+    TicketLink,
+)
+from store.workspace import Workspace, open_workspace
+from tests import servers
+from tests.conftest import TEMPLATE_DB
+
+CORPUS = (
+    Path(os.environ.get("DESKQ_CORPUS_DIR", Path(__file__).resolve().parents[3] / "shared/corpus"))
+    / "django-mailbox"
+)
+PROVIDER = "alice@corp.example"
+
+CONFIG = """
+me = "{me}"
+
+[database]
+url = "{url}"
+
+[[mailbox]]
+name = "helpdesk"
+source = "maildir"
+path = "{maildir}"
+after = "{after}"
+{mailbox_extra}
+
+[[queue]]
+key = "it"
+name = "IT Help"
+tag = "IT"
+address = "it-help@corp.example"
+aliases = ["it@corp.example"]
+auto_ack = {auto_ack}
+{it_extra}
+
+[[queue]]
+key = "hr"
+name = "HR"
+tag = "HR"
+address = "hr@corp.example"
+{hr_extra}
+
+[ingest]
+max_message_bytes = {max_bytes}
+batch_size = {batch_size}
+"""
+
+
+class Desk:
+    """A workspace reading one Maildir, with helpers to drop mail and look at the result."""
+
+    def __init__(self, url: str, root: Path, **options: Any) -> None:
+        self.maildir = root / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (self.maildir / sub).mkdir(parents=True)
+        values = {
+            "me": PROVIDER,
+            "url": url,
+            "maildir": self.maildir,
+            "after": "seen",
+            "mailbox_extra": "",
+            "auto_ack": "false",
+            "it_extra": "",
+            "hr_extra": "",
+            "max_bytes": 25 * 1024 * 1024,
+            "batch_size": 200,
+            **options,
+        }
+        self.settings: Settings = parse_settings(CONFIG.format(**values))
+        self.ws: Workspace = open_workspace(self.settings)
+        self.count_files = 0
+        self.clock = time.time() - 3000  # every drop is older than the previous poll
+
+    # ---------------------------------------------------------------- mail in
+
+    def drop(self, raw: bytes, name: str | None = None, mtime: float | None = None) -> Path:
+        """Deliver ``raw`` into new/ like an MTA (mtime = delivery time, increasing)."""
+        self.count_files += 1
+        path = self.maildir / "new" / (name or f"{1700000000 + self.count_files}.M1P1.host")
+        path.write_bytes(raw)
+        self.clock += 1
+        when = self.clock if mtime is None else mtime
+        os.utime(path, (when, when))
+        return path
+
+    def poll(self) -> list[Outcome]:
+        source = MaildirSource(
+            self.settings.mailbox[0], self.settings, Ingestor(self.settings, self.ws.db)
+        )
+        return source.pass_once()
+
+    def deliver(self, raw: bytes, **kw: Any) -> Outcome:
+        self.drop(raw, **kw)
+        (outcome,) = self.poll()
+        return outcome
+
+    # ---------------------------------------------------------------- looking
+
+    def count(self, model: Any) -> int:
+        with self.ws.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+    def ticket(self, tid: int) -> Ticket:
+        with self.ws.db.session() as s:
+            ticket = s.get(Ticket, tid)
+            assert ticket is not None
+            return ticket
+
+    def queue_of(self, tid: int) -> str:
+        with self.ws.db.session() as s:
+            return str(
+                s.scalar(
+                    select(Queue.key)
+                    .join(Ticket, Ticket.queue_id == Queue.id)
+                    .where(Ticket.id == tid)
+                )
+            )
+
+    def events(self, tid: int) -> list[tuple[str, dict[str, Any]]]:
+        with self.ws.db.session() as s:
+            rows = s.execute(
+                select(Event.kind, Event.data).where(Event.ticket_id == tid).order_by(Event.id)
+            )
+            return [(k, d) for k, d in rows]
+
+    def kinds(self, tid: int) -> list[str]:
+        return [k for k, _ in self.events(tid)]
+
+    def flags(self, tid: int) -> set[str]:
+        with self.ws.db.session() as s:
+            return set(s.scalars(select(TicketFlag.flag).where(TicketFlag.ticket_id == tid)))
+
+    def links(self, tid: int) -> set[tuple[int, str]]:
+        with self.ws.db.session() as s:
+            rows = s.execute(
+                select(TicketLink.other_id, TicketLink.kind).where(TicketLink.ticket_id == tid)
+            )
+            return {(o, k) for o, k in rows}
+
+    def messages(self, tid: int) -> list[Message]:
+        with self.ws.db.session() as s:
+            return list(
+                s.scalars(select(Message).where(Message.ticket_id == tid).order_by(Message.id))
+            )
+
+    def outbox(self) -> list[OutboxItem]:
+        with self.ws.db.session() as s:
+            return list(s.scalars(select(OutboxItem).order_by(OutboxItem.id)))
+
+    def raws(self) -> list[RawSource]:
+        with self.ws.db.session() as s:
+            return list(s.scalars(select(RawSource).order_by(RawSource.id)))
+
+    def files(self, folder: str = "cur", root: Path | None = None) -> list[str]:
+        return sorted(os.listdir((root or self.maildir) / folder))
+
+    def act(self, fn: Callable[..., Any], tid: int, *args: Any) -> Any:
+        """Run a triage service as the provider on the ticket's current version."""
+        with self.ws.db.write() as s:
+            actor = services.get_or_create_person(s, PROVIDER, provider=True)
+            ticket = s.get(Ticket, tid)
+            assert ticket is not None
+            return fn(s, tid, ticket.version, actor, *args)
+
+
+@pytest.fixture(scope="module")
+def pg_ingest(pg_cluster: servers.PostgresCluster) -> Iterator[tuple[str, Engine]]:
+    """One PostgreSQL database for this module, emptied before each test (a fresh
+    database per test costs a checkpoint each)."""
+    name = f"ingest_{os.getpid()}"
+    pg_cluster.create_database(name, template=TEMPLATE_DB)
+    engine = make_engine(pg_cluster.url(name))
+    yield pg_cluster.url(name), engine
+    engine.dispose()
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Overrides conftest's db_url: SQLite, and PostgreSQL through pg_ingest."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    url, engine = request.getfixturevalue("pg_ingest")
+    with engine.begin() as conn:
+        # replica role: skip the append-only trigger on events (and FK checks) while emptying
+        conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.exec_driver_sql(f'DELETE FROM "{table.name}"')
+    return str(url)
+
+
+@pytest.fixture
+def make_desk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Desk]]:
+    # Parse in-process, so monkeypatched parsing applies and no worker is spawned.
+    monkeypatch.setenv("DESKQ_NO_PARSE_POOL", "1")
+    desks: list[Desk] = []
+
+    def make(url: str, **options: Any) -> Desk:
+        desk = Desk(url, tmp_path / f"desk{len(desks)}", **options)
+        desks.append(desk)
+        return desk
+
+    yield make
+    for desk in desks:
+        desk.ws.close()
+
+
+@pytest.fixture
+def desk(make_desk: Callable[..., Desk], db_url: str) -> Desk:
+    """IT acknowledges new tickets; on SQLite and PostgreSQL."""
+    return make_desk(db_url, auto_ack="true")
+
+
+@pytest.fixture
+def lite(make_desk: Callable[..., Desk], sqlite_url: str) -> Desk:
+    """The same on SQLite only (Maildir mechanics do not depend on the database)."""
+    return make_desk(sqlite_url, auto_ack="true")
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+def email(
+    subject: str = "Printer broken",
+    frm: str | None = "Bob Example <bob@corp.example>",
+    to: str | None = "it@corp.example",
+    msgid: str | None = "",
+    body: str = "The printer on floor 3 prints empty pages.\n",
+    headers: tuple[str, ...] = (),
+    date: str = "Mon, 02 Jan 2023 10:00:00 +0000",
+) -> bytes:
+    """A plain email; ``msgid=""`` gives a fresh Message-ID, None none at all."""
+    lines = list(headers)
+    if frm is not None:
+        lines.append(f"From: {frm}")
+    if to is not None:
+        lines.append(f"To: {to}")
+    lines.append(f"Subject: {subject}")
+    lines.append(f"Date: {date}")
+    if msgid == "":
+        msgid = f"<req{next(_ids)}.{time.time_ns()}@corp.example>"
+    if msgid is not None:
+        lines.append(f"Message-ID: {msgid}")
+    lines.append("Content-Type: text/plain; charset=utf-8")
+    return ("\n".join(lines) + "\n\n" + body).encode()
+
+
+def msgid_of(raw: bytes) -> str:
+    mid = parse(raw).message_id
+    assert mid is not None
+    return mid
+
+
+# --------------------------------------------------------------------------- Maildir
+
+
+def test_files_move_to_cur_only_after_commit(
+    make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    desk = make_desk(sqlite_url, batch_size=2)
+    raws = [email(), email(subject="Scanner"), email(subject="Re: Printer broken")]
+    paths = [desk.drop(raw) for raw in raws]
+    committed: list[tuple[str, int]] = []
+    original = MaildirSource._after
+
+    def spy(self: MaildirSource, path: Path) -> None:
+        # a separate connection sees only what was committed
+        committed.append((path.name, desk.count(RawSource)))
+        original(self, path)
+
+    monkeypatch.setattr(MaildirSource, "_after", spy)
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket"] * 3
+    # batch by batch: each file is marked once its own batch is committed
+    assert committed == [(paths[0].name, 2), (paths[1].name, 2), (paths[2].name, 3)]
+    assert desk.files("new") == []
+    assert desk.files("cur") == sorted(f"{p.name}:2,S" for p in paths)
+
+
+def test_a_failing_batch_leaves_its_files_and_later_ones_in_new(
+    make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    desk = make_desk(sqlite_url, batch_size=2)
+    paths = [desk.drop(email(subject=f"Request {n}")) for n in range(5)]
+    calls = []
+    original = Ingestor.store_batch
+
+    def second_fails(self: Ingestor, *args: Any, **kwargs: Any) -> list[Outcome]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("database went away")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ingestor, "store_batch", second_fails)
+    with pytest.raises(RuntimeError):
+        desk.poll()
+    assert desk.files("cur") == sorted(f"{p.name}:2,S" for p in paths[:2])
+    assert desk.files("new") == sorted(p.name for p in paths[2:])
+    assert desk.count(RawSource) == 2
+    monkeypatch.undo()
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"] * 3
+    assert desk.files("new") == []
+    assert desk.count(RawSource) == desk.count(Ticket) == 5
+
+
+def test_replies_thread_across_batches(make_desk: Callable[..., Desk], sqlite_url: str) -> None:
+    desk = make_desk(sqlite_url, batch_size=1)
+    first = email()
+    desk.drop(first)
+    desk.drop(email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(first)}",)))
+    one, two = desk.poll()
+    assert (one.disposition, two.disposition) == ("new-ticket", "threaded")
+    assert one.tickets == two.tickets
+
+
+@pytest.mark.parametrize(
+    ("after", "folder", "flags"),
+    [
+        ("seen", "", "S"),
+        ("none", "", ""),
+        ("move:Done", ".Done", "S"),
+        ("move:Archive/2024", ".Archive.2024", "S"),
+    ],
+)
+def test_after_actions(
+    make_desk: Callable[..., Desk], sqlite_url: str, after: str, folder: str, flags: str
+) -> None:
+    desk = make_desk(sqlite_url, after=after)
+    path = desk.drop(email())
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]
+    root = desk.maildir / folder if folder else desk.maildir
+    assert desk.files("new") == []
+    assert desk.files("cur", root) == [f"{path.name}:2,{flags}"]
+    if folder:
+        assert desk.files("cur") == []
+        assert (root / "new").is_dir() and (root / "tmp").is_dir()
+    # nothing is ever deleted or changed: the file is the stored raw source
+    kept = (root / "cur" / f"{path.name}:2,{flags}").read_bytes()
+    assert zlib.decompress(desk.raws()[0].data) == kept
+
+
+def test_same_email_twice_is_stored_once(desk: Desk) -> None:
+    raw = email()
+    desk.drop(raw, name="copy-a")
+    desk.drop(raw, name="copy-b")
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket", "duplicate"]
+    assert desk.count(RawSource) == desk.count(Ticket) == 1
+    assert desk.count(Message) == 2  # the request and its acknowledgement
+    assert desk.files("cur") == ["copy-a:2,S", "copy-b:2,S"]
+    (tid,) = outcomes[0].tickets
+    # the same email again, via IMAP-style CRLF and another delivery path
+    relayed = (
+        b"Return-Path: <bob@corp.example>\nDelivered-To: it-help@corp.example\n"
+        b"Received: from mx2.corp.example by mail.corp.example;\n\tMon, 2 Jan 2023 10:00:05 +0000\n"
+        + raw
+    ).replace(b"\n", b"\r\n")
+    again = desk.deliver(relayed)
+    assert again.disposition == "duplicate"
+    assert again.tickets == (tid,)
+    assert desk.count(RawSource) == desk.count(Ticket) == 1
+    assert len(desk.outbox()) == 1
+
+
+def test_crash_between_commit_and_move_stores_nothing_twice(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = desk.drop(email())
+
+    def crash(self: MaildirSource, path: Path) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(MaildirSource, "_after", crash)
+    with pytest.raises(OSError):
+        desk.poll()
+    assert desk.files("new") == [path.name]
+    assert desk.count(RawSource) == desk.count(Ticket) == 1
+    monkeypatch.undo()
+    (outcome,) = desk.poll()
+    assert outcome.disposition == "duplicate"
+    assert desk.count(RawSource) == desk.count(Ticket) == 1
+    assert desk.files("new") == []
+    assert desk.files("cur") == [f"{path.name}:2,S"]
+
+
+def test_different_emails_sharing_a_message_id_are_both_kept(desk: Desk) -> None:
+    one = desk.deliver(email(msgid="<same@corp.example>", body="first\n"))
+    two = desk.deliver(email(msgid="<same@corp.example>", body="second, different\n"))
+    assert (one.disposition, two.disposition) == ("new-ticket", "new-ticket")
+    assert desk.count(RawSource) == 2
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    ("headers", "to", "expected"),
+    [
+        (("Delivered-To: hr@corp.example",), "someone@else.example", ["hr"]),
+        (("X-Original-To: hr@corp.example",), "nobody@corp.example", ["hr"]),
+        (("Cc: Human Resources <HR@Corp.Example>",), "Nobody <nobody@corp.example>", ["hr"]),
+        ((), "IT-Help@Corp.Example", ["it"]),
+        (("Delivered-To: hr@corp.example",), "it@corp.example", ["hr", "it"]),
+        (("X-Original-To: it@corp.example", "Delivered-To: hr@corp.example"), None, ["hr", "it"]),
+        (("Cc: it@corp.example",), "hr@corp.example", ["hr", "it"]),
+    ],
+)
+def test_routing_by_recipient_headers_in_trust_order(
+    lite: Desk, headers: tuple[str, ...], to: str | None, expected: list[str]
+) -> None:
+    outcome = lite.deliver(email(headers=headers, to=to))
+    assert outcome.disposition == "new-ticket"
+    assert [lite.queue_of(t) for t in outcome.tickets] == expected
+
+
+@pytest.mark.parametrize(
+    ("mailbox_extra", "expected"), [('default_queue = "hr"', "hr"), ("", "it")]
+)
+def test_unknown_recipient_goes_to_the_default_queue(
+    make_desk: Callable[..., Desk], sqlite_url: str, mailbox_extra: str, expected: str
+) -> None:
+    desk = make_desk(sqlite_url, mailbox_extra=mailbox_extra)
+    outcome = desk.deliver(email(to="someone@corp.example"))
+    assert [desk.queue_of(t) for t in outcome.tickets] == [expected]
+
+
+def test_one_email_to_two_queues_gives_two_linked_tickets(desk: Desk) -> None:
+    raw = email(
+        to="it@corp.example, IT Help <it-help@corp.example>",
+        headers=("Cc: hr@corp.example", "Delivered-To: it@corp.example"),
+    )
+    outcome = desk.deliver(raw)
+    assert len(outcome.tickets) == 2
+    it, hr = outcome.tickets
+    assert (desk.queue_of(it), desk.queue_of(hr)) == ("it", "hr")
+    assert desk.count(Ticket) == 2
+    assert desk.links(it) == {(hr, "same-email")}
+    assert desk.links(hr) == {(it, "same-email")}
+    assert "link" in desk.kinds(it) and "link" in desk.kinds(hr)
+    # the copy delivered for the other alias is the same email
+    copy = raw.replace(b"Delivered-To: it@corp.example", b"Delivered-To: hr@corp.example")
+    assert desk.deliver(copy).disposition == "duplicate"
+    assert desk.count(Ticket) == 2
+
+
+def test_history_of_each_linked_ticket_starts_with_created(desk: Desk) -> None:
+    outcome = desk.deliver(email(to="it@corp.example, hr@corp.example"))
+    for tid in outcome.tickets:
+        assert desk.kinds(tid)[:2] == ["created", "message"], (tid, desk.kinds(tid))
+
+
+def test_different_headerless_files_are_both_kept(lite: Desk) -> None:
+    lite.drop(b"garbage written by a broken fetcher")
+    lite.drop(b"\xff\xfe completely different garbage")
+    outcomes = lite.poll()
+    assert [o.disposition for o in outcomes].count("duplicate") == 0
+    assert lite.count(RawSource) == 2
+
+
+# --------------------------------------------------------------------------- threading
+
+
+def _first(desk: Desk, **kw: Any) -> tuple[int, bytes]:
+    raw = email(**kw)
+    outcome = desk.deliver(raw)
+    assert outcome.disposition == "new-ticket"
+    (tid,) = outcome.tickets
+    return tid, raw
+
+
+def test_reply_with_in_reply_to_joins(desk: Desk) -> None:
+    tid, raw = _first(desk)
+    reply = email(subject="Re: Printer broken", headers=(f"In-Reply-To: {msgid_of(raw)}",))
+    outcome = desk.deliver(reply)
+    assert (outcome.disposition, outcome.tickets) == ("threaded", (tid,))
+    inbound = [m for m in desk.messages(tid) if m.direction == Direction.INBOUND]
+    assert len(inbound) == 2
+    assert inbound[1].threaded_by == f"In-Reply-To {msgid_of(raw)}"
+    assert [k for k in desk.kinds(tid) if k != "auto-ack"] == ["created", "message", "message"]
+    assert desk.count(Ticket) == 1
+    assert len(desk.outbox()) == 1  # only the new ticket was acknowledged
+
+
+def test_reply_with_references_joins(desk: Desk) -> None:
+    tid, raw = _first(desk)
+    reply = email(
+        subject="Re: something else",
+        headers=(
+            "In-Reply-To: <unknown@elsewhere.example>",
+            f"References: {msgid_of(raw)} <unknown@elsewhere.example>",
+        ),
+    )
+    outcome = desk.deliver(reply)
+    assert (outcome.disposition, outcome.tickets) == ("threaded", (tid,))
+    assert desk.messages(tid)[-1].threaded_by.startswith("References ")
+
+
+@pytest.mark.parametrize(
+    "sender", ["Bob Example <bob@corp.example>", "carol@corp.example", f"Alice <{PROVIDER}>"]
+)
+def test_subject_tag_from_a_participant_joins(desk: Desk, sender: str) -> None:
+    tid, _ = _first(desk, headers=("Cc: carol@corp.example",))
+    outcome = desk.deliver(email(subject=f"Re: [IT #{tid}] Printer broken", frm=sender))
+    assert (outcome.disposition, outcome.tickets) == ("threaded", (tid,))
+    assert "subject tag" in desk.messages(tid)[-1].threaded_by
+
+
+def test_subject_tag_from_a_stranger_opens_a_linked_ticket(desk: Desk) -> None:
+    tid, _ = _first(desk)
+    outcome = desk.deliver(
+        email(subject=f"[IT #{tid}] please add me too", frm="mallory@elsewhere.example")
+    )
+    assert outcome.disposition == "new-ticket"
+    (new,) = outcome.tickets
+    assert new != tid
+    assert desk.links(new) == {(tid, "related")}
+    assert desk.links(tid) == {(new, "related")}
+    assert "not a participant" in desk.messages(new)[0].threaded_by
+    assert len([m for m in desk.messages(tid) if m.direction == Direction.INBOUND]) == 1
+
+
+def test_subject_tag_of_another_queue_does_not_join(desk: Desk) -> None:
+    tid, _ = _first(desk)
+    outcome = desk.deliver(email(subject=f"Re: [IT #{tid}] Printer broken", to="hr@corp.example"))
+    assert outcome.disposition == "new-ticket"
+    assert desk.queue_of(outcome.tickets[0]) == "hr"
+
+
+@pytest.mark.parametrize("subject", ["Printer broken", "Re: Printer broken", "RE: Printer broken"])
+def test_bare_subject_never_threads(lite: Desk, subject: str) -> None:
+    tid, _ = _first(lite)
+    outcome = lite.deliver(email(subject=subject))
+    assert outcome.disposition == "new-ticket"
+    assert outcome.tickets != (tid,)
+    assert lite.count(Ticket) == 2
+
+
+def test_reply_to_a_resolved_ticket_reopens_it(desk: Desk) -> None:
+    tid, raw = _first(desk)
+    desk.act(services.set_status, tid, Status.RESOLVED)
+    assert desk.ticket(tid).resolved_at is not None
+    outcome = desk.deliver(email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(raw)}",)))
+    assert outcome.tickets == (tid,)
+    ticket = desk.ticket(tid)
+    assert ticket.status == Status.OPEN
+    assert ticket.resolved_at is None
+    kind, data = desk.events(tid)[-1]
+    assert kind == "status"
+    assert (data["from"], data["to"]) == ("resolved", "open")
+    assert desk.kinds(tid)[-2] == "message"
+
+
+@pytest.mark.parametrize(
+    ("frm", "headers"),
+    [(f"Alice <{PROVIDER}>", ()), ("Bob <bob@corp.example>", ("Auto-Submitted: auto-replied",))],
+)
+def test_provider_or_automatic_reply_does_not_reopen(
+    desk: Desk, frm: str, headers: tuple[str, ...]
+) -> None:
+    tid, raw = _first(desk)
+    desk.act(services.set_status, tid, Status.RESOLVED)
+    reply = email(subject="Re: x", frm=frm, headers=(*headers, f"In-Reply-To: {msgid_of(raw)}"))
+    assert desk.deliver(reply).tickets == (tid,)
+    assert desk.ticket(tid).status == Status.RESOLVED
+    assert desk.kinds(tid)[-1] == "message"
+
+
+def test_reply_to_a_closed_ticket_opens_a_linked_follow_up(desk: Desk) -> None:
+    tid, raw = _first(desk)
+    desk.act(services.set_status, tid, Status.CLOSED)
+    outcome = desk.deliver(email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(raw)}",)))
+    assert outcome.disposition == "new-ticket"
+    (new,) = outcome.tickets
+    assert new != tid
+    assert desk.ticket(tid).status == Status.CLOSED
+    assert desk.ticket(new).status == Status.NEW
+    assert desk.links(new) == {(tid, "related")}
+    assert "closed" in desk.messages(new)[0].threaded_by
+
+
+def test_reply_to_a_merged_ticket_lands_in_the_merge_target(desk: Desk) -> None:
+    source, raw = _first(desk)
+    target, _ = _first(desk, subject="Printer still broken")
+    with desk.ws.db.write() as s:
+        actor = services.get_or_create_person(s, PROVIDER, provider=True)
+        versions = {t.id: t.version for t in s.scalars(select(Ticket))}
+        services.merge(s, source, versions[source], target, versions[target], actor)
+    by_header = desk.deliver(email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(raw)}",)))
+    assert by_header.tickets == (target,)
+    by_tag = desk.deliver(email(subject=f"Re: [IT #{source}] Printer broken"))
+    assert by_tag.tickets == (target,)
+    assert f"merged into #{target}" in desk.messages(target)[-1].threaded_by
+    assert desk.count(Ticket) == 2
+
+
+def test_reply_in_the_same_batch_threads(desk: Desk) -> None:
+    raw = email()
+    desk.drop(raw)
+    desk.drop(email(subject="Re: Printer broken", headers=(f"In-Reply-To: {msgid_of(raw)}",)))
+    first, second = desk.poll()
+    assert (first.disposition, second.disposition) == ("new-ticket", "threaded")
+    assert first.tickets == second.tickets
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def test_new_ticket_gets_exactly_one_acknowledgement(desk: Desk) -> None:
+    raw = email()
+    (tid,) = desk.deliver(raw).tickets
+    (item,) = desk.outbox()
+    assert item.kind == "auto-ack"
+    assert item.ticket_id == tid
+    assert item.to_addr == "bob@corp.example"
+    assert item.mail_from == "it-help@corp.example"
+    assert b"Auto-Submitted: auto-replied" in item.raw
+    assert f"X-Deskq-Ticket: {tid}".encode() in item.raw
+    ack = parse(item.raw)
+    assert ack.subject.startswith(f"[IT #{tid}]")
+    assert ack.in_reply_to == (msgid_of(raw),)
+    assert ack.message_id == item.message_id
+    (outbound,) = [m for m in desk.messages(tid) if m.direction == Direction.OUTBOUND]
+    assert outbound.message_id == item.message_id
+    assert outbound.id == item.message_row_id
+    assert outbound.in_reply_to == msgid_of(raw)
+    assert "auto-ack" in desk.kinds(tid)
+    # a queue without auto_ack stays silent
+    desk.deliver(email(to="hr@corp.example"))
+    assert len(desk.outbox()) == 1
+
+
+DSR = b"""From: Mail Delivery System <MAILER-DAEMON@mx.corp.example>
+To: it-help@corp.example
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <dsr.{n}@mx.corp.example>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.corp.example
+Final-Recipient: rfc822;bob@elsewhere.example
+Action: failed
+Status: 5.1.1
+
+--B
+Content-Type: text/rfc822-headers
+
+From: IT Help <it-help@corp.example>
+To: bob@elsewhere.example
+Subject: [IT #1] Re: printer
+Message-ID: {original}
+
+--B--
+"""
+
+
+def dsr(original: str) -> bytes:
+    return DSR.replace(b"{original}", original.encode()).replace(b"{n}", str(next(_ids)).encode())
+
+
+@pytest.mark.parametrize(
+    ("raw", "flag"),
+    [
+        (email(headers=("Auto-Submitted: auto-replied",)), "automatic"),
+        (email(headers=("Precedence: bulk",)), "automatic"),
+        (email(headers=("List-Id: Staff <staff.corp.example>",)), "automatic"),
+        (email(headers=("Return-Path: <>",)), "automatic"),
+        (email(frm="MAILER-DAEMON@mx.corp.example"), "bounce"),
+        (dsr("<unknown@corp.example>"), "bounce"),
+        (email(frm=None), "automatic"),
+    ],
+    ids=[
+        "auto-submitted",
+        "precedence",
+        "list-id",
+        "empty-return-path",
+        "mailer-daemon",
+        "dsr",
+        "no-sender",
+    ],
+)
+def test_automatic_mail_opens_a_flagged_ticket_without_acknowledgement(
+    desk: Desk, raw: bytes, flag: str
+) -> None:
+    outcome = desk.deliver(raw)
+    assert outcome.disposition == "new-ticket"
+    (tid,) = outcome.tickets
+    assert flag in desk.flags(tid)
+    assert desk.outbox() == []
+    assert "auto-ack" not in desk.kinds(tid)
+
+
+def test_reply_to_our_acknowledgement_joins(desk: Desk) -> None:
+    (tid,) = desk.deliver(email()).tickets
+    ack = parse(desk.outbox()[0].raw)
+    reply = email(
+        subject=f"Re: {ack.subject}",
+        to="IT Help <it-help@corp.example>",
+        headers=(f"In-Reply-To: {ack.message_id}",),
+    )
+    outcome = desk.deliver(reply)
+    assert (outcome.disposition, outcome.tickets) == ("threaded", (tid,))
+    assert len(desk.outbox()) == 1
+
+
+def test_bounce_of_our_acknowledgement_joins_its_ticket(desk: Desk) -> None:
+    (tid,) = desk.deliver(email()).tickets
+    (item,) = desk.outbox()
+    outcome = desk.deliver(dsr(item.message_id))
+    assert (outcome.disposition, outcome.tickets) == ("threaded", (tid,))
+    assert desk.messages(tid)[-1].threaded_by.startswith("bounce of")
+    assert len(desk.outbox()) == 1
+
+
+def test_acknowledgements_are_rate_limited_per_sender(desk: Desk) -> None:
+    for n in range(5):
+        desk.drop(email(subject=f"Request {n}"))
+    desk.drop(email(subject="From someone else", frm="carol@corp.example"))
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket"] * 6
+    limit = desk.settings.queue_by_key("it").auto_ack_per_hour
+    assert limit == 3
+    to = [item.to_addr for item in desk.outbox()]
+    assert to.count("bob@corp.example") == limit
+    assert to.count("carol@corp.example") == 1
+    # and later in the same hour
+    desk.deliver(email(subject="Request 6"))
+    assert [item.to_addr for item in desk.outbox()].count("bob@corp.example") == limit
+
+
+def test_own_mail_never_becomes_a_ticket(desk: Desk) -> None:
+    (tid,) = desk.deliver(email()).tickets
+    (item,) = desk.outbox()
+    stamped = email(frm="IT Help <it-help@corp.example>", headers=(f"X-Deskq-Ticket: {tid}",))
+    assert desk.deliver(stamped).disposition == "own-mail"
+    # our acknowledgement coming back (e.g. via a Cc) without the stamp: known Message-ID
+    unstamped = b"\n".join(
+        line for line in item.raw.splitlines() if not line.startswith(b"X-Deskq-Ticket")
+    )
+    assert parse(unstamped).header("x-deskq-ticket") == ""
+    outcome = desk.deliver(unstamped)
+    assert outcome.disposition == "own-mail"
+    assert outcome.tickets == ()
+    assert desk.count(Ticket) == 1
+    assert [r.disposition for r in desk.raws()] == ["new-ticket", "own-mail", "own-mail"]
+    assert len(desk.outbox()) == 1
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def test_quarantine_and_release(make_desk: Callable[..., Desk], db_url: str) -> None:
+    desk = make_desk(db_url, hr_extra='allowed_domains = ["corp.example"]\nauto_ack = true')
+    inside = desk.deliver(email(to="hr@corp.example"))
+    outside = desk.deliver(email(to="hr@corp.example", frm="Eve <eve@elsewhere.example>"))
+    (ok,), (held,) = inside.tickets, outside.tickets
+    assert "quarantined" not in desk.flags(ok)
+    assert "quarantined" in desk.flags(held)
+    assert [item.ticket_id for item in desk.outbox()] == [ok]  # no ack into the quarantine
+    released = desk.act(services.release, held)
+    assert released.id == held
+    assert "quarantined" not in desk.flags(held)
+    kind, data = desk.events(held)[-1]
+    assert kind == "released" and data["flag"] == "quarantined"
+    with pytest.raises(services.ActionError):
+        desk.act(services.release, held)
+    # a queue without allowed_domains takes anyone
+    (it,) = desk.deliver(email(frm="eve@elsewhere.example")).tickets
+    assert "quarantined" not in desk.flags(it)
+
+
+# --------------------------------------------------------------------------- broken mail
+
+
+def test_oversize_mail_keeps_its_raw_source(make_desk: Callable[..., Desk], db_url: str) -> None:
+    desk = make_desk(db_url, max_bytes=2048, auto_ack="true")
+    raw = email(subject="Huge log", body="log line with some content\n" * 400)
+    assert len(raw) > 10_000
+    outcome = desk.deliver(raw)
+    (tid,) = outcome.tickets
+    assert "too-large" in desk.flags(tid)
+    assert desk.ticket(tid).subject == "Huge log"  # headers are still read
+    (stored,) = desk.raws()
+    assert stored.size == len(raw)
+    assert zlib.decompress(stored.data) == raw
+    assert stored.sha256 == hashlib.sha256(raw).hexdigest()
+    assert desk.messages(tid)[0].text_body == ""
+    assert desk.outbox() == []
+
+
+def _fake_parse(monkeypatch: pytest.MonkeyPatch, marker: bytes, make: Callable[[], Any]) -> None:
+    real = ingest.parse
+
+    def fake(raw: bytes) -> ParsedMessage:
+        return make() if marker in raw else real(raw)
+
+    monkeypatch.setattr(ingest, "parse", fake)
+
+
+def test_unparseable_mail_becomes_a_parse_error_ticket(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_parse(
+        monkeypatch,
+        b"X-Break: yes",
+        lambda: ParsedMessage(subject="Garbled", fatal="ValueError: cannot read this"),
+    )
+    raw = email(headers=("X-Break: yes",))
+    outcome = desk.deliver(raw)
+    assert outcome.disposition == "parse-error"
+    (tid,) = outcome.tickets
+    assert "parse-error" in desk.flags(tid)
+    (stored,) = desk.raws()
+    assert zlib.decompress(stored.data) == raw
+    assert desk.messages(tid)[0].raw_id == stored.id
+    assert desk.outbox() == []  # never acknowledge what we could not read
+    assert desk.files("new") == []
+
+
+def test_a_message_failing_to_store_becomes_parse_error_and_the_batch_goes_on(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure inside the transaction (here: routing that raises for one email)."""
+    real_route = Ingestor.route
+
+    def route(self: Ingestor, parsed: ParsedMessage, *args: Any) -> list[str]:
+        if parsed.subject == "POISON" and parsed.fatal is None:
+            raise RuntimeError("boom while storing")
+        return real_route(self, parsed, *args)
+
+    monkeypatch.setattr(Ingestor, "route", route)
+    raws = [email(subject="Before"), email(subject="POISON"), email(subject="After")]
+    for raw in raws:
+        desk.drop(raw)
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket", "parse-error", "new-ticket"]
+    (bad,) = outcomes[1].tickets
+    assert "parse-error" in desk.flags(bad)
+    assert sorted(zlib.decompress(r.data) for r in desk.raws()) == sorted(raws)
+    assert desk.count(Ticket) == 3
+    assert desk.files("new") == []
+    assert len(desk.files("cur")) == 3
+
+
+def test_mail_the_database_refuses_does_not_block_the_mailbox(desk: Desk, db_url: str) -> None:
+    """A real content failure: a NUL byte in a Content-ID (PostgreSQL refuses NUL in text)."""
+    hostile = (
+        b"From: bob@corp.example\nTo: it@corp.example\nSubject: logo\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/related; boundary="B"\n\n--B\nContent-Type: text/plain\n\n'
+        b"see logo\n--B\nContent-Type: image/png\nContent-ID: <lo\x00go@x>\n\nPNG\n--B--\n"
+    )
+    desk.drop(email(subject="Innocent bystander"))
+    desk.drop(hostile)
+    outcomes = desk.poll()
+    assert len(outcomes) == 2
+    assert desk.count(RawSource) == 2
+    assert desk.files("new") == []
+
+
+def test_ticket_clock_starts_at_maildir_delivery_time(desk: Desk) -> None:
+    delivered = datetime(2024, 3, 1, 9, 30, 15, tzinfo=UTC)
+    raw = email()
+    (tid,) = desk.deliver(raw, mtime=delivered.timestamp()).tickets
+    ticket = desk.ticket(tid)
+    assert ticket.created_at == delivered
+    (message,) = [m for m in desk.messages(tid) if m.direction == Direction.INBOUND]
+    assert message.created_at == delivered
+    assert desk.raws()[0].received_at == delivered
+    created = [at for at, kind in _event_times(desk, tid) if kind in ("created", "message")]
+    assert created == [delivered, delivered]
+    # a reply's history entry never goes back before the ticket's last change
+    reply = email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(raw)}",))
+    desk.deliver(reply, mtime=(delivered - timedelta(days=1)).timestamp())
+    assert desk.messages(tid)[-1].created_at >= ticket.updated_at
+
+
+def test_delivery_time_in_the_future_is_clamped(desk: Desk) -> None:
+    before = datetime.now(UTC)
+    (tid,) = desk.deliver(email(), mtime=time.time() + 86_400).tickets
+    assert before <= desk.ticket(tid).created_at <= datetime.now(UTC)
+
+
+def _event_times(desk: Desk, tid: int) -> list[tuple[datetime, str]]:
+    with desk.ws.db.session() as s:
+        rows = s.execute(
+            select(Event.at, Event.kind).where(Event.ticket_id == tid).order_by(Event.id)
+        )
+        return [(at, kind) for at, kind in rows]
+
+
+def _with_pdf(subject: str, filename: str, pdf: bytes) -> bytes:
+    import base64
+
+    return (
+        (
+            f"From: bob@corp.example\nTo: it@corp.example\nSubject: {subject}\n"
+            f"Message-ID: <{subject.replace(' ', '.')}@corp.example>\nMIME-Version: 1.0\n"
+            'Content-Type: multipart/mixed; boundary="B"\n\n--B\nContent-Type: text/plain\n\n'
+            f"see attached\n--B\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n"
+            f'Content-Disposition: attachment; filename="{filename}"\n\n'
+        ).encode()
+        + base64.encodebytes(pdf)
+        + b"--B--\n"
+    )
+
+
+def test_attachments_are_stored_once_per_content(desk: Desk) -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 20
+    one = desk.deliver(_with_pdf("First report", "report.pdf", pdf)).tickets[0]
+    two = desk.deliver(_with_pdf("Second report", "../copy.pdf", pdf)).tickets[0]
+    assert one != two
+    assert desk.count(Blob) == 1
+    with desk.ws.db.session() as s:
+        rows = s.execute(select(Attachment.filename, Attachment.size, Attachment.sha256)).all()
+        blob = s.scalar(select(Blob))
+    assert sorted(r.filename for r in rows) == ["copy.pdf", "report.pdf"]
+    assert {(r.size, r.sha256) for r in rows} == {(len(pdf), hashlib.sha256(pdf).hexdigest())}
+    assert blob is not None and zlib.decompress(blob.data) == pdf and blob.size == len(pdf)
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@pytest.mark.skipif(
+    not CORPUS.is_dir(),
+    reason=f"real-world corpus not found at {CORPUS} (set DESKQ_CORPUS_DIR; a clone lacks it)",
+)
+def test_real_world_corpus_is_ingested_without_loss(
+    make_desk: Callable[..., Desk], db_url: str
+) -> None:
+    desk = make_desk(db_url, auto_ack="true")
+    files = sorted(CORPUS.glob("*.eml"))
+    for path in files:
+        desk.drop(path.read_bytes(), name=path.name)
+    (status,) = poll_once(desk.ws)
+    assert status.failures == 0, status.last_error
+    assert status.stored == len(files)
+    assert desk.count(RawSource) == len(files)
+    assert {o.disposition for o in status.outcomes} <= {"new-ticket", "threaded"}
+    assert desk.files("new") == []
+    assert len(desk.files("cur")) == len(files)
+    with desk.ws.db.session() as s:
+        names = set(s.scalars(select(Attachment.filename)))
+        people = set(s.scalars(select(Person.address)))
+    assert "Ведомости.pdf" in names
+    assert "osavostenok@hse.ru" in people
+    # a second pass over the same files (e.g. restored from a backup) adds nothing
+    for path in files:
+        desk.drop(path.read_bytes(), name="again-" + path.name)
+    (status,) = poll_once(desk.ws)
+    assert status.duplicates == len(files)
+    assert desk.count(RawSource) == len(files)
