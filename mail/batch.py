@@ -18,7 +18,7 @@ from datetime import datetime
 from email.utils import formataddr, getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from mail.loops import automatic_reasons, own_ticket_header
@@ -595,22 +595,29 @@ class Batch:
             _insert_ignore_pairs(self.session, links)
 
     def _update_joined(self) -> None:
-        for state in self.tickets.values():
-            if not state.changed or state.id is None or state.new_index is not None:
+        """One executemany per shape for every ticket this batch joined (rows locked)."""
+        changed = [
+            t
+            for t in self.tickets.values()
+            if t.changed and t.id is not None and t.new_index is None
+        ]
+        for clear in (False, True):
+            rows = [
+                {"tid": t.id, "v": t.version, "u": t.updated_at, "st": t.status}
+                for t in changed
+                if t.resolved_cleared is clear
+            ]
+            if not rows:
                 continue
             values: dict[str, Any] = {
-                "version": state.version,
-                "updated_at": state.updated_at,
-                "status": state.status,
+                "version": bindparam("v"),
+                "updated_at": bindparam("u", type_=TICKETS.c.updated_at.type),
+                "status": bindparam("st", type_=TICKETS.c.status.type),
             }
-            if state.resolved_cleared:
+            if clear:
                 values["resolved_at"] = None
-            self.session.execute(
-                update(Ticket)
-                .where(Ticket.id == state.id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
+            stmt = update(TICKETS).where(TICKETS.c.id == bindparam("tid")).values(**values)
+            self.conn.execute(stmt, rows)
 
     def _insert_flags(self) -> None:
         rows = []
