@@ -1,0 +1,72 @@
+"""``deskq poll`` as a service runs it: until SIGTERM, logging to stderr."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DESKQ = str(Path(sys.executable).parent / "deskq")
+MAIL = (
+    b"From: Bob <bob@corp.example>\nTo: it@corp.example\nSubject: Printer jam\n"
+    b"Message-ID: <jam-1@corp.example>\n\nTray 2 again.\n"
+)
+
+
+def _config(tmp_path: Path) -> Path:
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "deskq.db"}"\n'
+        f'[[mailbox]]\nname = "local"\nsource = "maildir"\npath = "{maildir}"\n'
+        "poll_interval = 1\n"
+        '[[queue]]\nkey = "it"\nname = "IT Help"\ntag = "IT"\naddress = "it@corp.example"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def _tickets(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM tickets").fetchone()[0])
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+
+
+def test_poll_runs_until_sigterm_and_stops_cleanly(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [DESKQ, "--config", str(config), "poll"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.5)
+        (tmp_path / "Maildir" / "new" / "1.mail").write_bytes(MAIL)
+        deadline = time.monotonic() + 20
+        while _tickets(tmp_path / "deskq.db") < 1:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "mail not ingested by the running poller"
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, log
+    assert elapsed < 5, f"took {elapsed:.1f} s to stop"
+    assert "polling 1 mailbox(es): local" in log and "mailbox local: 1 new" in log
+    assert "INFO mail.poller: stopped" in log
+    assert "Traceback" not in log
+    assert list((tmp_path / "Maildir" / "cur").iterdir())[0].name.endswith(":2,S")
