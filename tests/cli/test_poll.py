@@ -69,4 +69,4 @@ def test_poll_runs_until_sigterm_and_stops_cleanly(tmp_path: Path) -> None:
     assert "polling 1 mailbox(es): local" in log and "mailbox local: 1 new" in log
     assert "INFO mail.poller: stopped" in log
     assert "Traceback" not in log
-    assert list((tmp_path / "Maildir" / "cur").iterdir())[0].name.endswith(":2,S")
+    assert [p.name[-4:] for p in (tmp_path / "Maildir" / "cur").iterdir()] == [":2,S"]
