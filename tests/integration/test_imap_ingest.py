@@ -49,16 +49,13 @@ from store.models import (
 from store.views import TicketDetail, TicketSummary, iter_tickets, ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
+from tests.support import CORPUS
 
 pytestmark = pytest.mark.dovecot
 
 SEEN = b"\\Seen"
 FLAGGED = b"\\Flagged"
 DESKQ = Path(sys.executable).parent / "deskq"
-CORPUS = (
-    Path(os.environ.get("DESKQ_CORPUS_DIR", Path(__file__).resolve().parents[3] / "shared/corpus"))
-    / "django-mailbox"
-)
 
 QUEUES = """
 [[queue]]

@@ -47,11 +47,8 @@ from store.models import (
 from store.workspace import Workspace, open_workspace
 from tests import servers
 from tests.conftest import TEMPLATE_DB
+from tests.support import CORPUS
 
-CORPUS = (
-    Path(os.environ.get("DESKQ_CORPUS_DIR", Path(__file__).resolve().parents[3] / "shared/corpus"))
-    / "django-mailbox"
-)
 PROVIDER = "alice@corp.example"
 
 CONFIG = """

@@ -6,10 +6,8 @@ always yields clean text, and reads what a help desk needs from broken mail."""
 from __future__ import annotations
 
 import base64
-import os
 import unicodedata
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,11 +22,8 @@ from mail.parse import (
     parse,
     safe_filename,
 )
+from tests.support import CORPUS
 
-CORPUS = (
-    Path(os.environ.get("DESKQ_CORPUS_DIR", Path(__file__).resolve().parents[3] / "shared/corpus"))
-    / "django-mailbox"
-)
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
