@@ -295,7 +295,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print_table(iter_tickets(session), now=datetime.now(UTC))
     finally:
         ws.close()
-    print(f"\ndemo workspace: {root}\ntry: deskq --config {config} show 1")
+    import shlex
+
+    deskq = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("deskq") else "deskq"
+    command = f"{deskq} --config {shlex.quote(str(config))}"
+    print(f"\ndemo workspace: {root}\ntry: {command} show 1\n     {command} list --status new")
     return EXIT_OK
 
 
