@@ -63,3 +63,48 @@ def test_plain_imap_only_to_localhost() -> None:
     assert parse_settings(
         text.replace('security = "none"', 'security = "none"\nallow_insecure = true')
     )
+
+
+def test_polling_fallback_without_idle(
+    dovecot: Dovecot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With idle = false the poller polls every poll_interval and never sends IDLE."""
+    import threading
+    import time
+
+    from imapclient import IMAPClient as Client
+
+    from mail.poller import run_forever
+
+    user, password = dovecot.take_user()
+    monkeypatch.setenv("STARTTLS_TEST_PASSWORD", password)
+    idles: list[int] = []
+    original = Client.idle
+    monkeypatch.setattr(Client, "idle", lambda self: (idles.append(1), original(self))[1])
+    text = _config(
+        tmp_path / "p.db", dovecot, user, 'security = "none"\nidle = false\npoll_interval = 1'
+    )
+    ws = open_workspace(parse_settings(text))
+    stop = threading.Event()
+    worker = threading.Thread(target=run_forever, args=(ws, stop), daemon=True)
+    worker.start()
+    try:
+        with Client(dovecot.host, port=dovecot.imap_port, ssl=False) as client:
+            client.login(user, password)
+            client.append("INBOX", MAIL)
+        deadline = time.monotonic() + 15
+        from sqlalchemy import func, select
+
+        from store.models import Ticket
+
+        while True:
+            with ws.db.session() as session:
+                if session.scalar(select(func.count()).select_from(Ticket)):
+                    break
+            assert time.monotonic() < deadline, "not ingested by polling"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(15)
+        ws.close()
+    assert not worker.is_alive() and idles == []
