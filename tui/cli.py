@@ -233,12 +233,11 @@ def _poll_logging(debug: bool) -> None:
 def _progress_printer() -> Callable[[str, int, int], None]:
     import time
 
-    started: dict[str, float] = {}
+    begun = time.monotonic()
 
     def show(name: str, done: int, total: int) -> None:
         if total < 200:
             return
-        begun = started.setdefault(name, time.monotonic() - 1e-3)
         rate = done / max(time.monotonic() - begun, 1e-3)
         end = "\n" if done >= total else ""
         print(
