@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from mail.loops import automatic_reasons, own_ticket_header
+from mail.loops import automatic_reasons
 from mail.parse import one_line
 from store.models import (
     Attachment,
@@ -46,11 +46,16 @@ if TYPE_CHECKING:
 UNKNOWN_SENDER = "unknown-sender@deskq.invalid"
 TICKETS = cast(Table, Ticket.__table__)
 MESSAGES = cast(Table, Message.__table__)
+RAWS = cast(Table, RawSource.__table__)
 EVENTS = cast(Table, Event.__table__)
 FLAGS = cast(Table, TicketFlag.__table__)
 ATTACHMENTS = cast(Table, Attachment.__table__)
 LINKS = cast(Table, TicketLink.__table__)
 _CHUNK = 400  # bound on IN (...) lists and multi-row INSERTs
+
+
+class SetupError(RuntimeError):
+    """The database does not match the config: not the fault of any email."""
 
 
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -86,6 +91,7 @@ class _TicketState:
     merged_into_id: int | None = None
     updated_at: datetime | None = None
     new_index: int | None = None  # position in _Batch.new_tickets
+    created_at: datetime | None = None
     changed: bool = False
     resolved_cleared: bool = False
 
@@ -114,6 +120,12 @@ class Batch:
         self.ing, self.session = ingestor, session
         self.default_queue = default_queue or ingestor.settings.queue[0].key
         self.queues = {q.key: q for q in session.scalars(select(Queue))}
+        missing = [k for k in ingestor.queue_settings if k not in self.queues]
+        if missing:
+            raise SetupError(
+                f"queue(s) {', '.join(missing)} are configured but not in the database; "
+                "restart deskq so it can set them up"
+            )
         self.tickets: dict[int, _TicketState] = {}
         self.new_tickets: list[_TicketState] = []
         self.people: dict[str, tuple[int, bool]] = {}
@@ -129,32 +141,39 @@ class Batch:
         from mail.ingest import Outcome, arrival
 
         fresh, outcomes = self._dedupe(batch)
-        own = self._own_message_ids([p for p in fresh if p.parsed.fatal is None])
-        self._load_people(fresh)
-        self._prefetch_threads(fresh)
-        decided: dict[int, tuple[str, list[_Delivery]]] = {}
-        raws: list[dict[str, Any]] = []
+        # Claim every email first: one another process stored meanwhile is dropped
+        # before any decision about it can touch a ticket.
+        inserted = self._insert_raws([self._raw_row(p, "ticket") for p in fresh])
+        claimed = []
         for p in fresh:
+            if p.identity in inserted:
+                claimed.append(p)
+            else:
+                outcomes[id(p)] = Outcome(p.item.uid, "duplicate")
+        own = self._own_message_ids([p for p in claimed if p.parsed.fatal is None])
+        self._load_people(claimed)
+        self._prefetch_threads(claimed)
+        dispositions: list[dict[str, Any]] = []
+        for p in claimed:
             parsed = p.parsed
-            if parsed.fatal is None and (own_ticket_header(parsed) or parsed.message_id in own):
+            if parsed.fatal is None and parsed.message_id in own:
                 disposition, deliveries = "own-mail", []
             else:
                 deliveries = self._decide(p, arrival(p.item))
                 new = any(d.is_new for d in deliveries)
                 disposition = "parse-error" if parsed.fatal else "new-ticket" if new else "threaded"
-            decided[id(p)] = (disposition, deliveries)
-            raws.append(self._raw_row(p, disposition))
-        inserted = self._insert_raws(raws)
-        for p in fresh:
-            disposition, deliveries = decided[id(p)]
-            if p.identity not in inserted:  # another process stored it meanwhile
-                outcomes[id(p)] = Outcome(p.item.uid, "duplicate")
-                continue
             for d in deliveries:
                 d.message_row["raw_id"] = inserted[p.identity]
                 self.deliveries.append(d)
-            tickets = tuple(sorted({d.ticket.id or 0 for d in deliveries}))
-            outcomes[id(p)] = Outcome(p.item.uid, disposition, tickets, "")
+            outcomes[id(p)] = Outcome(p.item.uid, disposition)
+            dispositions.append({"rid": inserted[p.identity], "disp": disposition})
+        if dispositions:
+            self.conn.execute(
+                update(RAWS)
+                .where(RAWS.c.id == bindparam("rid"))
+                .values(disposition=bindparam("disp")),
+                dispositions,
+            )
         self._write()
         by_email: dict[int, list[_Delivery]] = {}
         for d in self.deliveries:
@@ -330,14 +349,19 @@ class Batch:
             state = self.tickets.get(number)
             if state is not None and state.queue_id == queue.id:
                 tag = f"[{queue.tag} #{number}]"
-                if provider or self._participant(state, sender_id, parsed.from_addr):
+                final = self._merged_end(state)  # participants moved with the messages
+                if provider or self._participant(final, sender_id, parsed.from_addr):
                     return self._live(state, f"subject tag {tag} from a participant")
-                return (
-                    state,
-                    f"new ticket: subject tag {tag} but the sender is not a participant",
-                    False,
-                )
+                how = f"new ticket: subject tag {tag} but the sender is not a participant"
+                return final, how, False
         return None
+
+    def _merged_end(self, state: _TicketState) -> _TicketState:
+        seen = {state.id}
+        while state.merged_into_id and state.merged_into_id not in seen:
+            seen.add(state.merged_into_id)
+            state = self.tickets[state.merged_into_id]
+        return state
 
     def _live(self, state: _TicketState, how: str) -> tuple[_TicketState, str, bool]:
         seen = {state.id}
@@ -423,6 +447,7 @@ class Batch:
                 sender_id,
                 updated_at=arrived,
                 new_index=len(self.new_tickets),
+                created_at=arrived,
             )
             self.new_tickets.append(state)
             how = "new ticket" if found is None else found[1]
@@ -500,9 +525,9 @@ class Batch:
                         "requester_id": state.requester_id,
                         "status": Status.NEW,
                         "priority": Priority.NORMAL,
-                        "created_at": state.updated_at,
+                        "created_at": state.created_at,
                         "updated_at": state.updated_at,
-                        "version": 1,
+                        "version": state.version,
                     },
                 )
             )

@@ -19,11 +19,12 @@ from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from sqlalchemy import select
 
 from mail.ingest import Incoming, Ingestor, Outcome
 from mail.pipeline import prepared_batches
 from store.config import MailboxSettings, Settings
-from store.models import MailboxState
+from store.models import MailboxState, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ImapSource:
     def connect(self) -> IMAPClient:
         """Connect, secure, log in and select the folder."""
         m = self.mailbox
+        self.recovered = False  # a drop may have cut an after-action short
         host, port = m.host or "localhost", m.effective_port
         if m.security == "tls":
             client = IMAPClient(
@@ -126,8 +128,13 @@ class ImapSource:
                 return 0, None
             return state.last_uid, state.uidvalidity
 
-    def pass_once(self, progress: Progress | None = None) -> list[Outcome]:
-        """Store every message not stored yet; returns what became of each."""
+    def pass_once(
+        self, progress: Progress | None = None, stop: Callable[[], bool] | None = None
+    ) -> list[Outcome]:
+        """Store every message not stored yet; returns what became of each.
+
+        ``stop`` is checked between batches: a long import ends at a commit boundary.
+        """
         client = self.client or self.connect()
         last, known_validity = self._state()
         if known_validity is not None and known_validity != self.uidvalidity:
@@ -149,11 +156,17 @@ class ImapSource:
             uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
             if not uids:
                 return outcomes
-            outcomes += self._store_uids(client, uids, progress)
+            outcomes += self._store_uids(client, uids, progress, stop)
+            if stop is not None and stop():
+                return outcomes
             last = uids[-1]
 
     def _store_uids(
-        self, client: IMAPClient, uids: list[int], progress: Progress | None
+        self,
+        client: IMAPClient,
+        uids: list[int],
+        progress: Progress | None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[Outcome]:
         size = self.settings.ingest.batch_size
         chunks = [uids[start : start + size] for start in range(0, len(uids), size)]
@@ -162,6 +175,19 @@ class ImapSource:
         limit = self.settings.ingest.max_message_bytes
         fetched = (self._fetch(client, chunk) for chunk in chunks)
         for chunk, prepared in zip(chunks, prepared_batches(fetched, limit), strict=True):
+            got = {p.item.uid for p in prepared}
+            missing = [u for u in chunk if u not in got]
+            if missing:
+                # Expunged since the SEARCH, or withheld by a broken server. They are
+                # not stored, so no after-action ever touches them: they stay in the
+                # folder, unread, for a person to look at.
+                log.error(
+                    "mailbox %s: the server returned no message for UID(s) %s; "
+                    "left untouched in %s",
+                    self.mailbox.name,
+                    ", ".join(map(str, missing[:20])),
+                    self.mailbox.folder,
+                )
             outcomes += self.ingestor.store_batch(
                 prepared,
                 mailbox=self.mailbox.name,
@@ -174,6 +200,8 @@ class ImapSource:
             done += len(chunk)
             if progress:
                 progress(self.mailbox.name, done, len(uids))
+            if stop is not None and stop():
+                break
         return outcomes
 
     def _fetch(self, client: IMAPClient, chunk: list[int]) -> list[Incoming]:
@@ -188,15 +216,19 @@ class ImapSource:
         if typ != "OK":
             raise ImapError(f"mailbox {self.mailbox.name!r}: FETCH failed: {data!r}"[:300])
         found: dict[int, tuple[bytes, datetime | None]] = {}
-        for part in data:
-            if not isinstance(part, tuple) or len(part) < 2:
-                continue  # closing parenthesis, or an unsolicited FLAGS update
-            head = part[0]
-            uid = _UID.search(head)
-            if uid is None or b"BODY[]" not in head:
-                continue
-            date = _INTERNALDATE.search(head)
-            found[int(uid.group(1))] = (part[1], _internaldate(date.group(1)) if date else None)
+        pending: tuple[bytes, bytes] | None = None  # (text around the body, body)
+        for part in [*data, b""]:
+            if pending is not None and not isinstance(part, tuple):
+                # The item ends here; UID and INTERNALDATE may come before or after the
+                # body (the server chooses the order).
+                text = pending[0] + (part if isinstance(part, bytes) else b"")
+                uid, date = _UID.search(text), _INTERNALDATE.search(text)
+                if uid is not None:
+                    when = _internaldate(date.group(1)) if date else None
+                    found[int(uid.group(1))] = (pending[1], when)
+                pending = None
+            if isinstance(part, tuple) and len(part) >= 2 and b"BODY[]" in part[0]:
+                pending = (part[0], part[1])
         return [
             Incoming(
                 raw=found[uid][0],
@@ -229,9 +261,10 @@ class ImapSource:
         if last <= 0 or self.mailbox.after == "none":
             return
         criteria: list[Any] = ["UID", f"1:{last}"]
-        if self.mailbox.after == "seen":
-            criteria = ["UNSEEN", *criteria]
-        pending = [u for u in client.search(criteria) if u <= last]
+        if self.mailbox.after == "seen" or not client.has_capability("MOVE"):
+            criteria = ["UNSEEN", *criteria]  # without MOVE, handled mail is copied + seen
+        candidates = [u for u in client.search(criteria) if u <= last]
+        pending = self._stored(candidates)
         if pending:
             log.info(
                 "mailbox %s: finishing after-action for %d stored message(s)",
@@ -239,6 +272,22 @@ class ImapSource:
                 len(pending),
             )
             self._after(client, pending)
+
+    def _stored(self, uids: list[int]) -> list[int]:
+        """Those of ``uids`` whose message this folder's ingestion committed."""
+        stored: list[int | None] = []
+        with self.ingestor.db.session() as session:
+            for start in range(0, len(uids), 500):
+                part = uids[start : start + 500]
+                stored += session.scalars(
+                    select(RawSource.uid).where(
+                        RawSource.mailbox == self.mailbox.name,
+                        RawSource.folder == self.mailbox.folder,
+                        RawSource.uidvalidity == self.uidvalidity,
+                        RawSource.uid.in_(part),
+                    )
+                ).all()
+        return sorted(u for u in stored if u is not None)
 
     # ------------------------------------------------------------------ waiting
 

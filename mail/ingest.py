@@ -19,10 +19,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import Session
 
-from mail.batch import Batch
+from mail.batch import Batch, SetupError
 from mail.loops import automatic_reasons, is_bounce
 from mail.parse import ParsedMessage, clean_text, content_identity, parse
 from store import outbox
@@ -31,6 +36,9 @@ from store.db import Database
 from store.models import MailboxState, Message, Ticket, utcnow
 
 log = logging.getLogger(__name__)
+# Failures that say nothing about the email being stored: raised, never turned into a
+# parse-error ticket. (DataError and IntegrityError can come from an email's content.)
+NOT_THE_MAIL = (OperationalError, InterfaceError, InternalError, ProgrammingError, SetupError)
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,8 @@ class Ingestor:
             try:
                 with session.begin_nested():
                     outcomes = Batch(self, session, default_queue).run(batch)
-            except (OperationalError, InterfaceError):
-                raise  # the database, not the mail: the whole batch is retried later
+            except NOT_THE_MAIL:
+                raise  # the database or the setup, not the mail: the batch is retried later
             except Exception:
                 log.exception("mailbox %s: batch failed; storing its messages one by one", mailbox)
                 outcomes = [self._store_alone(session, p, default_queue) for p in batch]
@@ -145,7 +153,7 @@ class Ingestor:
         try:
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
-        except (OperationalError, InterfaceError):
+        except NOT_THE_MAIL:
             raise
         except Exception as exc:
             log.exception(

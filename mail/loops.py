@@ -46,6 +46,10 @@ def automatic_reasons(p: ParsedMessage) -> list[str]:
         reasons.append("no sender")
     if p.is_delivery_report or p.header("x-failed-recipients"):
         reasons.append("delivery report")
+    if p.header(OWN_HEADER.lower()):
+        # Mail from a help desk (ours is recognised by Message-ID before this): never
+        # answer it automatically, or two desks acknowledge each other forever.
+        reasons.append(f"{OWN_HEADER} (sent by a help desk)")
     return reasons
 
 
@@ -57,8 +61,3 @@ def is_bounce(p: ParsedMessage) -> bool:
         or bool(p.header("x-failed-recipients"))
         or local in ("mailer-daemon", "postmaster")
     )
-
-
-def own_ticket_header(p: ParsedMessage) -> str:
-    """The ticket number deskq stamped on its own outgoing mail ('' if not ours)."""
-    return p.header(OWN_HEADER.lower()).strip()

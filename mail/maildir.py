@@ -49,8 +49,13 @@ class MaildirSource:
                 entries.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
         return [path for _, _, path in sorted(entries)]
 
-    def pass_once(self, progress: Progress | None = None) -> list[Outcome]:
-        """Store everything waiting in new/; returns what became of each message."""
+    def pass_once(
+        self, progress: Progress | None = None, stop: Callable[[], bool] | None = None
+    ) -> list[Outcome]:
+        """Store everything waiting in new/; returns what became of each message.
+
+        ``stop`` is checked between batches: a long import ends at a commit boundary.
+        """
         files = self.pending()
         size = self.settings.ingest.batch_size
         paths: list[list[Path]] = []
@@ -83,6 +88,8 @@ class MaildirSource:
             done += len(prepared)
             if progress:
                 progress(self.mailbox.name, done, len(files))
+            if stop is not None and stop():
+                break
         return outcomes
 
     def _after(self, path: Path) -> None:

@@ -22,6 +22,8 @@ from store.workspace import Workspace
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0
+# How long a stop waits for mailboxes to finish their current batch (commit boundary).
+STOP_GRACE_SECONDS = 20.0
 
 
 class Backoff:
@@ -109,7 +111,7 @@ class MailboxWorker(threading.Thread):
         backoff = Backoff()
         while not self.stop.is_set():
             try:
-                outcomes = self.source.pass_once(self.progress)  # type: ignore[attr-defined]
+                outcomes = self.source.pass_once(self.progress, self.stop.is_set)  # type: ignore[attr-defined]
                 _count(self.status, outcomes)
                 if outcomes:
                     log.info(
@@ -180,7 +182,8 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
                 close()
 
     threads = [
-        threading.Thread(target=one, args=(m,), name=f"once-{m.name}") for m in ws.settings.mailbox
+        threading.Thread(target=one, args=(m,), name=f"once-{m.name}", daemon=True)
+        for m in ws.settings.mailbox
     ]
     for t in threads:
         t.start()
@@ -199,6 +202,10 @@ def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None 
     )
     while not stop.wait(1.0):
         pass
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
     for w in workers:
-        w.join(timeout=10)
+        w.join(timeout=max(deadline - time.monotonic(), 0))
+    stuck = [w.name for w in workers if w.is_alive()]
+    if stuck:
+        log.warning("stopping without waiting for %s (blocked in the network)", ", ".join(stuck))
     log.info("stopped")

@@ -779,18 +779,23 @@ def test_acknowledgements_are_rate_limited_per_sender(desk: Desk) -> None:
 def test_own_mail_never_becomes_a_ticket(desk: Desk) -> None:
     (tid,) = desk.deliver(email()).tickets
     (item,) = desk.outbox()
-    stamped = email(frm="IT Help <it-help@corp.example>", headers=(f"X-Deskq-Ticket: {tid}",))
-    assert desk.deliver(stamped).disposition == "own-mail"
-    # our acknowledgement coming back (e.g. via a Cc) without the stamp: known Message-ID
+    # Our acknowledgement coming back (e.g. via a Cc): its Message-ID is ours.
+    assert desk.deliver(item.raw).disposition == "own-mail"
+    # A stamp alone proves nothing (another desk, or a forgery): a ticket, never answered.
+    stamped = email(frm="Desk <desk@vendor.example>", headers=(f"X-Deskq-Ticket: {tid}",))
+    other = desk.deliver(stamped)
+    assert other.disposition == "new-ticket"
+    assert len(desk.outbox()) == 1
+    # our acknowledgement without the stamp: the same email (identity ignores the stamp)
     unstamped = b"\n".join(
         line for line in item.raw.splitlines() if not line.startswith(b"X-Deskq-Ticket")
     )
     assert parse(unstamped).header("x-deskq-ticket") == ""
     outcome = desk.deliver(unstamped)
-    assert outcome.disposition == "own-mail"
+    assert outcome.disposition == "duplicate"
     assert outcome.tickets == ()
-    assert desk.count(Ticket) == 1
-    assert [r.disposition for r in desk.raws()] == ["new-ticket", "own-mail", "own-mail"]
+    assert desk.count(Ticket) == 2
+    assert [r.disposition for r in desk.raws()] == ["new-ticket", "own-mail", "new-ticket"]
     assert len(desk.outbox()) == 1
 
 
