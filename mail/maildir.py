@@ -4,12 +4,18 @@ Mail waiting in ``new/`` is stored first; only after the commit is each file ren
 into ``cur/`` with its flags (``S`` for after = "seen"), or into the Maildir++ folder
 named by ``move:FOLDER``. A crash in between leaves the file in ``new/``; the next pass
 stores nothing twice (identity dedupe) and finishes the move.
+
+Mail can also appear directly in ``cur/``: mbsync delivers messages already read on the
+server there, and a mail client reading the same Maildir moves them there. Files whose
+status changed (ctime) since the last scan are read too; anything already stored is
+recognised by its identity, so nothing is stored twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +23,13 @@ from pathlib import Path
 from mail.ingest import Incoming, Ingestor, Outcome
 from mail.pipeline import prepared_batches
 from store.config import MailboxSettings, Settings
+from store.models import MailboxState
 
 log = logging.getLogger(__name__)
+# mailbox_state row holding the ctime (ns) up to which cur/ has been read.
+CUR_STATE = "maildir:cur"
+# File timestamps come from a coarse kernel clock: scan a little into the past.
+CTIME_MARGIN_NS = 50_000_000
 Progress = Callable[[str, int, int], None]
 
 
@@ -32,9 +43,13 @@ class MaildirSource:
     def __init__(self, mailbox: MailboxSettings, settings: Settings, ingestor: Ingestor) -> None:
         self.mailbox, self.settings, self.ingestor = mailbox, settings, ingestor
         self.root = Path(mailbox.path or "").expanduser()
+        # cur/ names this process produced itself in the last pass (no need to re-read).
+        self.handled: set[str] = set()
 
-    def pending(self) -> list[Path]:
-        """Files waiting in new/, oldest first."""
+    def pending(
+        self, since_ns: int = -1, skip: set[str] | frozenset[str] = frozenset()
+    ) -> list[Path]:
+        """Files waiting in new/, and those in cur/ changed since ``since_ns``; oldest first."""
         new = self.root / "new"
         if not new.is_dir():
             raise MaildirError(
@@ -42,23 +57,55 @@ class MaildirSource:
                 "Maildir (with cur/ new/ tmp/)"
             )
         entries = []
-        with os.scandir(new) as it:
-            for entry in it:
-                if entry.name.startswith(".") or not entry.is_file():
-                    continue
-                entries.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+        for folder in ("new", "cur"):
+            if folder == "cur" and (since_ns < 0 or not (self.root / "cur").is_dir()):
+                continue
+            with os.scandir(self.root / folder) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or not entry.is_file():
+                        continue
+                    info = entry.stat()
+                    if folder == "cur" and (info.st_ctime_ns < since_ns or entry.name in skip):
+                        continue
+                    entries.append((info.st_mtime_ns, entry.name, Path(entry.path)))
         return [path for _, _, path in sorted(entries)]
 
     def pass_once(
         self, progress: Progress | None = None, stop: Callable[[], bool] | None = None
     ) -> list[Outcome]:
-        """Store everything waiting in new/; returns what became of each message.
+        """Store everything new; returns what became of each message.
 
-        ``stop`` is checked between batches: a long import ends at a commit boundary.
+        Scans repeat until one finds nothing: files that change while a scan is being
+        stored are read by the next one. ``stop`` is checked between batches, so a
+        long import ends at a commit boundary (and resumes from there next time).
         """
-        files = self.pending()
+        outcomes: list[Outcome] = []
+        since, skip = self._watermark(), self.handled
+        while True:
+            scan_started = time.time_ns() - CTIME_MARGIN_NS
+            files = self.pending(since, skip)
+            if not files:
+                self._set_watermark(scan_started)
+                return outcomes
+            produced, stopped = self._store_files(files, outcomes, progress, stop)
+            self.handled = produced
+            if stopped:
+                return outcomes
+            since, skip = scan_started, produced
+            # Let our own renames fall behind the next scan's margin, so the final
+            # watermark passes them and the next pass does not read them again.
+            time.sleep(CTIME_MARGIN_NS * 1.5 / 1e9)
+
+    def _store_files(
+        self,
+        files: list[Path],
+        outcomes: list[Outcome],
+        progress: Progress | None,
+        stop: Callable[[], bool] | None,
+    ) -> tuple[set[str], bool]:
         size = self.settings.ingest.batch_size
         paths: list[list[Path]] = []
+        produced: set[str] = set()
 
         def read() -> Iterator[list[Incoming]]:
             for start in range(0, len(files), size):
@@ -76,7 +123,6 @@ class MaildirSource:
                 paths.append(found)
                 yield items
 
-        outcomes: list[Outcome] = []
         done = 0
         limit = self.settings.ingest.max_message_bytes
         for index, prepared in enumerate(prepared_batches(read(), limit)):
@@ -84,26 +130,47 @@ class MaildirSource:
                 prepared, mailbox=self.mailbox.name, default_queue=self.mailbox.default_queue
             )
             for path in paths[index]:
-                self._after(path)
+                produced.add(self._after(path))
             done += len(prepared)
             if progress:
                 progress(self.mailbox.name, done, len(files))
             if stop is not None and stop():
-                break
-        return outcomes
+                return produced, True
+        return produced, False
 
-    def _after(self, path: Path) -> None:
+    def _watermark(self) -> int:
+        with self.ingestor.db.session() as session:
+            state = session.get(MailboxState, (self.mailbox.name, CUR_STATE))
+            return state.last_uid if state is not None else 0
+
+    def _set_watermark(self, value: int) -> None:
+        with self.ingestor.db.write() as session:
+            state = session.get(MailboxState, (self.mailbox.name, CUR_STATE))
+            if state is None:
+                session.add(
+                    MailboxState(
+                        mailbox=self.mailbox.name, folder=CUR_STATE, uidvalidity=0, last_uid=value
+                    )
+                )
+            else:
+                state.last_uid = value
+
+    def _after(self, path: Path) -> str:
+        """Mark a stored file (flags kept, S added unless after = "none"); its new name."""
         after = self.mailbox.after
-        flags = "" if after == "none" else "S"
+        base, _, old_flags = path.name.partition(":2,")
+        flags = "".join(sorted(set(old_flags) | (set() if after == "none" else {"S"})))
         target_root = self.root
         if after.startswith("move:"):
             target_root = self.root / ("." + after[5:].strip("/").replace("/", "."))
             for sub in ("cur", "new", "tmp"):
                 (target_root / sub).mkdir(parents=True, exist_ok=True)
-        base = path.name.split(":2,")[0]
-        try:
-            os.replace(path, target_root / "cur" / f"{base}:2,{flags}")
-        except FileNotFoundError:
-            log.warning(
-                "mailbox %s: %s vanished before it could be marked", self.mailbox.name, path
-            )
+        target = target_root / "cur" / f"{base}:2,{flags}"
+        if target != path:
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                log.warning(
+                    "mailbox %s: %s vanished before it could be marked", self.mailbox.name, path
+                )
+        return target.name

@@ -52,3 +52,32 @@ def test_request_and_reply_in_one_batch(tmp_path: Path, db_url: str) -> None:
         assert [at for _, _, at in events] == [first, first, second]
     finally:
         ws.close()
+
+
+def test_maildir_reads_mail_that_lands_in_cur(tmp_path: Path, sqlite_url: str) -> None:
+    """mbsync puts mail read elsewhere straight into cur/: it is stored once, flags kept."""
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    settings = parse_settings(
+        f'[database]\nurl = "{sqlite_url}"\n'
+        f'[[mailbox]]\nname = "m"\nsource = "maildir"\npath = "{maildir}"\n'
+        '[[queue]]\nkey = "it"\nname = "IT"\ntag = "IT"\naddress = "it@corp.example"\n'
+    )
+    ws = open_workspace(settings)
+    try:
+        (maildir / "cur" / "1.old:2,FS").write_bytes(REQUEST)  # a backlog, read elsewhere
+        (maildir / "new" / "2.new").write_bytes(REPLY)
+        [first] = poll_once(ws)
+        assert (first.stored, first.duplicates) == (2, 0)
+        assert sorted(p.name for p in (maildir / "cur").iterdir()) == ["1.old:2,FS", "2.new:2,S"]
+        [again] = poll_once(ws)  # nothing new; our own renames are not read again
+        assert (again.stored, again.duplicates) == (0, 0)
+        third = REQUEST.replace(b"<a@corp.example>", b"<c@corp.example>")
+        (maildir / "cur" / "3.synced:2,S").write_bytes(third)  # mbsync, later
+        [late] = poll_once(ws)
+        assert (late.stored, late.duplicates) == (1, 0)
+        with ws.db.session() as session:
+            assert len(session.scalars(select(Ticket)).all()) == 2
+    finally:
+        ws.close()

@@ -303,10 +303,10 @@ def test_files_move_to_cur_only_after_commit(
     committed: list[tuple[str, int]] = []
     original = MaildirSource._after
 
-    def spy(self: MaildirSource, path: Path) -> None:
+    def spy(self: MaildirSource, path: Path) -> str:
         # a separate connection sees only what was committed
         committed.append((path.name, desk.count(RawSource)))
-        original(self, path)
+        return original(self, path)
 
     monkeypatch.setattr(MaildirSource, "_after", spy)
     outcomes = desk.poll()
@@ -338,7 +338,9 @@ def test_a_failing_batch_leaves_its_files_and_later_ones_in_new(
     assert desk.files("new") == sorted(p.name for p in paths[2:])
     assert desk.count(RawSource) == 2
     monkeypatch.undo()
-    assert [o.disposition for o in desk.poll()] == ["new-ticket"] * 3
+    # No pass has finished yet, so cur/ is read whole (it might hold mail put there by
+    # mbsync or a mail client): the two stored files are recognised, not stored again.
+    assert sorted(o.disposition for o in desk.poll()) == ["duplicate"] * 2 + ["new-ticket"] * 3
     assert desk.files("new") == []
     assert desk.count(RawSource) == desk.count(Ticket) == 5
 
