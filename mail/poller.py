@@ -162,13 +162,17 @@ class MailboxWorker(threading.Thread):
 
 def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxStatus]:
     """One pass over every mailbox, concurrently; each status says how it went."""
+    from mail.pipeline import warm_up
+
+    warm_up()  # the parse worker starts while the mailboxes connect
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
 
     def one(mailbox: MailboxSettings) -> None:
         status = statuses[mailbox.name]
-        source = make_source(mailbox, ws, ingestors[mailbox.name])
+        source: object = None
         try:
+            source = make_source(mailbox, ws, ingestors[mailbox.name])
             outcomes = source.pass_once(progress)  # type: ignore[attr-defined]
             status.outcomes = outcomes
             _count(status, outcomes)
@@ -179,7 +183,10 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
         finally:
             close = getattr(source, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except OSError:
+                    log.debug("closing mailbox %s failed", mailbox.name, exc_info=True)
 
     threads = [
         threading.Thread(target=one, args=(m,), name=f"once-{m.name}", daemon=True)
