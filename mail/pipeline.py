@@ -71,24 +71,6 @@ def _shutdown() -> None:
             _pool = None
 
 
-def _noop() -> None:
-    """Nothing: importing this module is the work (see :func:`warm_up`)."""
-
-
-def warm_up() -> None:
-    """Start the parse worker now, so that it is ready (imports done) by the first batch.
-
-    Used by one-shot imports, where the worker's start-up would otherwise add to the
-    run; a long-running poller starts it on its first large batch instead.
-    """
-    pool = _get_pool()
-    if pool is not None:
-        try:
-            pool.submit(_noop)
-        except (BrokenProcessPool, RuntimeError):
-            _shutdown()
-
-
 def _prepare_all(items: list[Incoming], max_bytes: int) -> list[Prepared]:
     return [prepare(item, max_bytes) for item in items]
 

@@ -162,9 +162,6 @@ class MailboxWorker(threading.Thread):
 
 def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxStatus]:
     """One pass over every mailbox, concurrently; each status says how it went."""
-    from mail.pipeline import warm_up
-
-    warm_up()  # the parse worker starts while the mailboxes connect
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
 
