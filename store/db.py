@@ -165,23 +165,3 @@ class Database:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
-
-
-def insert_or_ignore(session: Session, model: Any, values: dict[str, Any], *keys: str) -> bool:
-    """INSERT unless a row with the same ``keys`` exists; True if this call inserted it.
-
-    Safe against a concurrent writer inserting the same key (no exception, no duplicate).
-    """
-    table = model.__table__
-    if session.get_bind().dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt: Any = (
-            sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys))
-        )
-    else:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys))
-    result = session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))

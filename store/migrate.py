@@ -96,12 +96,6 @@ def check_not_newer(engine: Engine) -> str | None:
         return revision
 
 
-def is_current(engine: Engine) -> bool:
-    """Whether the schema is at this deskq's head."""
-    with engine.connect() as conn:
-        return current_revision(conn) == SCHEMA_HEAD
-
-
 def upgrade(engine: Engine) -> bool:
     """Migrate to head; returns whether anything was applied. Safe to run concurrently."""
     if check_not_newer(engine) == SCHEMA_HEAD:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -90,14 +90,6 @@ def get_or_create_person(
             person.display_name = name
         if provider and not person.is_provider:
             person.is_provider = True
-    return person
-
-
-def find_person(session: Session, address: str) -> Person:
-    """The person with this address, or :class:`NotFoundError`."""
-    person = session.scalar(select(Person).where(Person.address == normalise_address(address)))
-    if person is None:
-        raise NotFoundError(f"nobody with address {address} is known to deskq")
     return person
 
 
@@ -474,30 +466,6 @@ def merge(
     return changes[target_id].flush()
 
 
-def record_arrival(
-    session: Session,
-    ticket_id: int,
-    message: Message,
-    data: dict[str, Any],
-    status: Status | None = None,
-    reason: str = "",
-    at: datetime | None = None,
-) -> Ticket:
-    """A message joined an existing ticket: its event, and a status change if any.
-
-    Arrivals never conflict: they lock the ticket row and take its version as it is,
-    so a provider acting on the old version afterwards gets a conflict instead.
-    """
-    change = _Change(session, ticket_id, None, None, at=at)
-    message.ticket_id = ticket_id
-    session.add(message)
-    session.flush()
-    change.event("message", {"message": message.id, **data})
-    if status is not None:
-        change.set_status(status, reason)
-    return change.flush()
-
-
 def release(session: Session, ticket_id: int, version: int | None, actor: Person) -> Ticket:
     """Let a quarantined ticket into its queue (the flag goes, an event records who)."""
     change = _Change(session, ticket_id, version, actor)
@@ -507,13 +475,3 @@ def release(session: Session, ticket_id: int, version: int | None, actor: Person
     session.delete(flag)
     change.event("released", {"flag": "quarantined", "detail": flag.detail})
     return change.flush()
-
-
-def message_count(session: Session, ticket_id: int) -> int:
-    """How many messages (mail and notes) a ticket holds."""
-    return (
-        session.scalar(
-            select(func.count()).select_from(Message).where(Message.ticket_id == ticket_id)
-        )
-        or 0
-    )
