@@ -208,6 +208,14 @@ def guess(data: bytes) -> str:
     return max(candidates, key=lambda t: sum(c.islower() for c in t if c >= "\u0400"))
 
 
+# "Name <a@b>", "<a@b>" or "a@b" alone: the common case, without getaddresses' parser.
+_SIMPLE_ADDRESS = re.compile(
+    r"\s*(?:([^<>\"(),;:@\\\[\]]*?)\s*<([^<>\s@\"]+@[^<>\s\"]+)>"
+    r"|([^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:\\\[\]]+))\s*$"
+)
+_ORIGIN_HEADER = re.compile(
+    rb"^(from|to|cc|date|subject|message-id)[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re.M
+)
 _TRAILING_BLANKS = re.compile(rb"[ \t\r]+\n")
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
@@ -268,7 +276,14 @@ def _addresses(
 ) -> tuple[tuple[str, str], ...]:
     out = []
     values = [v.replace("\r", " ").replace("\n", " ") for v in headers.get(name, [])]
-    for display, addr in getaddresses(values):
+    if not values:
+        return ()
+    simple = _SIMPLE_ADDRESS.match(values[0]) if len(values) == 1 else None
+    if simple:
+        pairs = [(simple.group(1) or "", simple.group(2) or simple.group(3))]
+    else:
+        pairs = getaddresses(values)
+    for display, addr in pairs:
         addr = one_line(addr).strip("<>").lower()
         if "@" in addr and not has_8bit(addr):
             out.append((decode_header_value(display, hint), addr[:320]))
@@ -551,12 +566,10 @@ def content_identity(raw: bytes, message_id: str | None) -> str:
     head, sep, body = data.partition(b"\n\n")
     if not sep:
         head, body = data, b""
-    wanted = (b"from", b"to", b"cc", b"date", b"subject", b"message-id")
-    origin: list[bytes] = []
-    for line in re.split(rb"\n(?![ \t])", head):
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in wanted:
-            origin.append(name.strip().lower() + b":" + b" ".join(value.split()))
+    origin = [
+        m.group(1).lower() + b":" + b" ".join(m.group(2).split())
+        for m in _ORIGIN_HEADER.finditer(head)
+    ]
     digest = hashlib.sha256()
     if not origin and not message_id:
         # Nothing identifies the sender's copy: the whole header block must.

@@ -49,3 +49,33 @@ def test_unstructured_headers_decode_like_policy_default(words: list[str]) -> No
 def test_any_header_text_decodes_without_raising(value: str) -> None:
     decoded = decode_header_value(value)
     assert "\n" not in decoded and "\r" not in decoded and "\x00" not in decoded
+
+
+def _reference_addresses(value: str) -> tuple[tuple[str, str], ...]:
+    from email.utils import getaddresses
+
+    out = []
+    for display, addr in getaddresses([value]):
+        addr = " ".join(addr.split()).strip("<>").lower()
+        if "@" in addr:
+            out.append((decode_header_value(display), addr[:320]))
+    return tuple(dict.fromkeys(out))
+
+
+NAME = st.text(
+    alphabet=st.characters(codec="utf-8", categories=("L", "N", "Zs"), include_characters=".'-_"),
+    max_size=20,
+)
+LOCAL = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,15}", fullmatch=True)
+DOMAIN = st.from_regex(r"[a-z0-9]{1,10}(\.[a-z]{2,6}){1,2}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAME, LOCAL, DOMAIN, st.sampled_from(["{n} <{a}>", "<{a}>", "{a}", " {n}  <{a}> "]))
+def test_address_fast_path_agrees_with_getaddresses(
+    name: str, local: str, domain: str, shape: str
+) -> None:
+    from mail.parse import _addresses
+
+    value = shape.format(n=name, a=f"{local}@{domain}")
+    assert _addresses({"to": [value]}, "to") == _reference_addresses(value)
