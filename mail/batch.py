@@ -67,16 +67,19 @@ def _fmt(addresses: Sequence[tuple[str, str]]) -> str:
     return ", ".join(formataddr(a) for a in addresses)
 
 
-def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], key: str) -> None:
-    """Multi-row INSERT that skips rows whose ``key`` exists (any backend, any race)."""
-    if not rows:
-        return
+def _insert_skipping(session: Session, model: Any, key: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, on either backend (safe against any race)."""
     if session.get_bind().dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:
         from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=[key])
+
+
+def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], key: str) -> None:
+    """Multi-row INSERT that skips rows whose ``key`` exists."""
     for part in _chunks(rows):
-        session.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=[key]), part)
+        session.execute(_insert_skipping(session, model, key), part)
 
 
 @dataclass
@@ -481,16 +484,10 @@ class Batch:
         inserted: dict[str, int] = {}
         if not rows:
             return inserted
-        if self.session.get_bind().dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        stmt = _insert_skipping(self.session, RawSource, "identity").returning(
+            RawSource.identity, RawSource.id
+        )
         for part in _chunks(rows, 100):
-            stmt = (
-                dialect_insert(RawSource)
-                .on_conflict_do_nothing(index_elements=["identity"])
-                .returning(RawSource.identity, RawSource.id)
-            )
             for identity, raw_id in self.session.execute(stmt, part):
                 inserted[identity] = raw_id
         return inserted

@@ -200,13 +200,12 @@ class _Change:
         ticket_id: int,
         expected_version: int | None,
         actor: Person | None,
-        at: datetime | None = None,
     ) -> None:
         self.session, self.actor = session, actor
         self.ticket = _load_for_change(session, ticket_id, expected_version)
-        # None: an action that needs no check (mail arriving), on the row locked now.
+        # None: act on the version locked now (a command-line action on a ticket by id).
         self.expected = self.ticket.version if expected_version is None else expected_version
-        self.at = at or utcnow()
+        self.at = utcnow()
 
     def event(self, kind: str, data: dict[str, Any] | None = None) -> Event:
         if self.ticket.version == self.expected:
