@@ -9,6 +9,7 @@ Full-text search lives outside the models (an FTS5 table on SQLite, a generated
 from __future__ import annotations
 
 import enum
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -176,6 +178,9 @@ class Ticket(Base):
         Index("ix_tickets_queue_id_status", "queue_id", "status"),
         Index("ix_tickets_assignee_id_status", "assignee_id", "status"),
         Index("ix_tickets_status_created_at", "status", "created_at"),
+        # The queue can be sorted on these; keyset pages walk (column, id).
+        Index("ix_tickets_created_at_id", "created_at", "id"),
+        Index("ix_tickets_updated_at_id", "updated_at", "id"),
         CheckConstraint("version >= 1", name="version_positive"),
     )
 
@@ -249,6 +254,14 @@ class TicketLink(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def _inflate(compression: str, data: bytes) -> bytes:
+    if compression == "zlib":
+        return zlib.decompress(data)
+    if compression in ("", "none"):
+        return data
+    raise ValueError(f"unknown compression {compression!r}")
+
+
 class RawSource(Base):
     """The exact bytes of a received email, zlib-compressed, kept forever by default.
 
@@ -271,6 +284,10 @@ class RawSource(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # What ingestion made of it: ticket, own-mail (ours, no ticket), parse-error...
     disposition: Mapped[str] = mapped_column(String(32), default="ticket")
+
+    def content(self) -> bytes:
+        """The exact bytes as received."""
+        return _inflate(self.compression, self.data)
 
 
 class Message(Base):
@@ -311,6 +328,10 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     compression: Mapped[str] = mapped_column(String(16), default="zlib")
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    def content(self) -> bytes:
+        """The file's bytes."""
+        return _inflate(self.compression, self.data)
 
 
 class Attachment(Base):
@@ -390,3 +411,31 @@ class OutboxItem(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+
+
+class TicketRead(Base):
+    """The version of a ticket a provider last looked at: newer activity shows as unseen."""
+
+    __tablename__ = "ticket_reads"
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("people.id", ondelete="CASCADE"), primary_key=True
+    )
+    ticket_id: Mapped[int] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SavedView(Base):
+    """A named filter a provider saved in the queue view (its text includes sort:)."""
+
+    __tablename__ = "saved_views"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    query: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -154,6 +154,14 @@ def open_ticket(
         at=at,
     )
     return ticket
+
+
+def current_version(session: Session, ticket_id: int) -> int:
+    """The ticket's version as stored now."""
+    version = session.scalar(select(Ticket.version).where(Ticket.id == ticket_id))
+    if version is None:
+        raise NotFoundError(f"there is no ticket #{ticket_id}")
+    return version
 
 
 def _changes_since(
@@ -474,3 +482,44 @@ def release(session: Session, ticket_id: int, version: int | None, actor: Person
     session.delete(flag)
     change.event("released", {"flag": "quarantined", "detail": flag.detail})
     return change.flush()
+
+
+def split(session: Session, ticket_id: int, version: int, actor: Person, message_id: int) -> Ticket:
+    """Move one inbound message out into a new ticket of the same queue, linked to this one.
+
+    For the reply that was really a new request. The new ticket's requester is the
+    message's sender and its subject the message's subject; returns the new ticket.
+    """
+    change = _Change(session, ticket_id, version, actor)
+    message = session.get(Message, message_id)
+    if message is None or message.ticket_id != ticket_id:
+        raise NotFoundError(f"ticket #{ticket_id} has no message {message_id}")
+    if message.direction != Direction.INBOUND:
+        raise ActionError("only an inbound message can be split out into a new ticket")
+    remaining = session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .where(Message.ticket_id == ticket_id, Message.direction == Direction.INBOUND)
+    )
+    if (remaining or 0) < 2:
+        raise ActionError("the ticket's only inbound message cannot be split out")
+    queue = session.get_one(Queue, change.ticket.queue_id)
+    requester = get_or_create_person(session, message.from_addr or "unknown@invalid")
+    new = open_ticket(
+        session,
+        queue=queue,
+        requester=requester,
+        subject=message.subject or change.ticket.subject,
+        at=change.at,
+        priority=change.ticket.priority,
+        actor=actor,
+        data={"split_from": ticket_id, "message": message_id},
+    )
+    message.ticket_id = new.id
+    message.threaded_by = f"split out of #{ticket_id}"
+    new.updated_at = change.at
+    _link_pair(session, ticket_id, new.id, "split")
+    change.event("split", {"message": message_id, "into": new.id})
+    change.flush()
+    session.flush()
+    return new

@@ -189,11 +189,11 @@ class TicketDetail:
 
 # --------------------------------------------------------------------------- queries
 
-_Requester = aliased(Person)
-_Assignee = aliased(Person)
+REQUESTER = aliased(Person, name="requester")
+ASSIGNEE = aliased(Person, name="assignee")
 
 
-def _summary_select() -> Select[Any]:
+def summary_select() -> Select[Any]:
     count = (
         select(func.count())
         .select_from(Message)
@@ -205,15 +205,15 @@ def _summary_select() -> Select[Any]:
         select(
             Ticket,
             Queue.key,
-            _Requester.address,
-            _Requester.display_name,
-            _Assignee.address,
-            _Assignee.display_name,
+            REQUESTER.address,
+            REQUESTER.display_name,
+            ASSIGNEE.address,
+            ASSIGNEE.display_name,
             count,
         )
         .join(Queue, Queue.id == Ticket.queue_id)
-        .join(_Requester, _Requester.id == Ticket.requester_id)
-        .outerjoin(_Assignee, _Assignee.id == Ticket.assignee_id)
+        .join(REQUESTER, REQUESTER.id == Ticket.requester_id)
+        .outerjoin(ASSIGNEE, ASSIGNEE.id == Ticket.assignee_id)
     )
 
 
@@ -230,12 +230,13 @@ def _labels(
     return found
 
 
-def _summaries(session: Session, rows: Sequence[Any]) -> list[TicketSummary]:
+def summaries(session: Session, rows: Sequence[Any]) -> list[TicketSummary]:
+    """TicketSummary objects from rows of :func:`summary_select` (extra columns ignored)."""
     ids = [row[0].id for row in rows]
     tags = _labels(session, TicketTag, TicketTag.tag, ids)
     flags = _labels(session, TicketFlag, TicketFlag.flag, ids)
     out = []
-    for t, qkey, raddr, rname, aaddr, aname, count in rows:
+    for t, qkey, raddr, rname, aaddr, aname, count, *_ in rows:
         out.append(
             TicketSummary(
                 id=t.id,
@@ -308,7 +309,7 @@ def iter_tickets(
     """Tickets by ascending id, streamed in keyset-paginated batches (flat memory)."""
     after = 0
     while True:
-        stmt = _summary_select().where(Ticket.id > after)
+        stmt = summary_select().where(Ticket.id > after)
         if queue:
             stmt = stmt.where(Queue.key == queue)
         if statuses:
@@ -318,15 +319,15 @@ def iter_tickets(
         rows = session.execute(stmt.order_by(Ticket.id).limit(batch)).all()
         if not rows:
             return
-        yield from _summaries(session, rows)
+        yield from summaries(session, rows)
         after = rows[-1][0].id
         session.expunge_all()
 
 
 def ticket_summary(session: Session, ticket_id: int) -> TicketSummary | None:
     """One ticket's queue row, or None."""
-    rows = session.execute(_summary_select().where(Ticket.id == ticket_id)).all()
-    return _summaries(session, rows)[0] if rows else None
+    rows = session.execute(summary_select().where(Ticket.id == ticket_id)).all()
+    return summaries(session, rows)[0] if rows else None
 
 
 def ticket_detail(session: Session, ticket_id: int) -> TicketDetail | None:

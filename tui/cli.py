@@ -44,12 +44,44 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    """Without a subcommand: the terminal UI."""
-    raise UserError(
-        "the terminal UI is not part of this version yet; use 'deskq list' and "
-        "'deskq show ID' to look at the queue (see 'deskq --help').",
-        EXIT_USAGE,
-    )
+    """Without a subcommand: the terminal UI (with the poller in the background)."""
+    from store.config import load_settings, resolve_config_path
+    from store.workspace import open_workspace
+
+    ws = open_workspace(load_settings(resolve_config_path(args.config)))
+    try:
+        return run_tui(ws, poll=not args.no_poll)
+    finally:
+        ws.close()
+
+
+def run_tui(ws: Workspace, *, poll: bool) -> int:
+    """Run the TUI on ``ws``; logs go to a file, never over the screen."""
+    from tui.app import make_app
+
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise UserError(
+            "the terminal UI needs a terminal; use 'deskq list' or 'deskq show ID' in "
+            "scripts (see 'deskq --help').",
+            EXIT_USAGE,
+        )
+    _log_to_file()
+    make_app(ws, poll=poll).run()
+    return EXIT_OK
+
+
+def _log_to_file() -> None:
+    from platformdirs import user_log_dir
+
+    folder = Path(os.environ.get("DESKQ_LOG_DIR") or user_log_dir("deskq"))
+    folder.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(folder / "deskq.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if root.level == logging.DEBUG else logging.INFO)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -282,7 +314,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if root.exists() and any(root.iterdir()) and not (root / "config.toml").exists():
         raise UserError(f"--dir {root} is not empty and holds no demo: choose another folder")
     config = root / "config.toml"
-    if not config.exists():
+    fresh = not config.exists()
+    if fresh:
         demo.create(root)
     ws = open_workspace(load_settings(config))
     try:
@@ -290,15 +323,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if st.failures:
                 raise UserError(f"demo mailbox failed: {st.last_error}")
             print(f"demo mailbox: {st.stored} emails ingested", file=sys.stderr)
-        with ws.db.session() as session:
-            print_table(iter_tickets(session), now=datetime.now(UTC))
+        if fresh:
+            demo.seed_activity(ws)
+        if sys.stdin.isatty() and sys.stdout.isatty() and not args.no_tui:
+            run_tui(ws, poll=True)
+        else:
+            with ws.db.session() as session:
+                print_table(iter_tickets(session), now=datetime.now(UTC))
     finally:
         ws.close()
     import shlex
 
     deskq = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("deskq") else "deskq"
     command = f"{deskq} --config {shlex.quote(str(config))}"
-    print(f"\ndemo workspace: {root}\ntry: {command} show 1\n     {command} list --status new")
+    print(f"\ndemo workspace: {root}\ntry: {command}    (the terminal UI)")
+    print(f"     {command} show 1")
     return EXIT_OK
 
 
@@ -319,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
         "config dir, e.g. ~/.config/deskq/config.toml)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--no-poll",
+        action="store_true",
+        help="TUI only: do not poll the mailboxes in the background (when 'deskq poll' "
+        "runs as a service)",
+    )
     parser.set_defaults(func=cmd_tui)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -365,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a throwaway workspace with a demo mailbox")
     p.add_argument("--dir", metavar="DIR", help="where to create it (default: a temp dir)")
+    p.add_argument(
+        "--no-tui", action="store_true", help="print the queue instead of opening the TUI"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("show", help="show one ticket")

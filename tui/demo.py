@@ -7,10 +7,19 @@ path, exactly as a team's own mail would be. Outgoing mail goes to an outbox fol
 from __future__ import annotations
 
 import os
+import random
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mail.demo_mail import QUEUES, generate
+from store import services
+from store.models import Person, Priority, Status, Ticket
+from store.services import get_or_create_person
+from store.workspace import Workspace
 from tui.starter import toml_string
 
 DEMO_ME = "alex.provider@corp.example"
@@ -46,3 +55,88 @@ def create(root: Path, count: int = 200) -> Path:
     config = root / "config.toml"
     config.write_text(demo_config(root), encoding="utf-8")
     return config
+
+
+DEMO_PROVIDERS = (
+    (DEMO_ME, "Alex Provider"),
+    ("sam.provider@corp.example", "Sam Provider"),
+    ("kim.provider@corp.example", "Kim Provider"),
+)
+CATEGORIES = {
+    "it": ("network", "hardware", "accounts", "software"),
+    "hr": ("payroll", "leave", "onboarding", "benefits"),
+    "facilities": ("building", "desks", "cleaning", "parking"),
+}
+
+
+def seed_activity(ws: Workspace) -> None:
+    """Triage a realistic share of the demo tickets through the real services.
+
+    Deterministic: some claimed by one of three providers, some waiting or resolved,
+    priorities and categories set, a few notes and links, the older ones read by me.
+    """
+    from store.pages import mark_read
+
+    with ws.db.write() as s:
+        people = [get_or_create_person(s, a, n, provider=True) for a, n in DEMO_PROVIDERS]
+        tickets = s.scalars(select(Ticket).order_by(Ticket.id)).all()
+        plan = [(t.id, t.queue.key) for t in tickets if t.merged_into_id is None]
+    rng = random.Random(42)
+    for index, (tid, queue) in enumerate(plan):
+        with ws.db.write() as s:
+            _triage_one(s, tid, queue, index, len(plan), people, rng)
+            if index < len(plan) * 0.6:
+                mark_read(s, people[0].id, tid, services.current_version(s, tid))
+
+
+def _triage_one(
+    s: Session,
+    tid: int,
+    queue: str,
+    index: int,
+    total: int,
+    people: list[Person],
+    rng: random.Random,
+) -> None:
+    _me, *_others = people
+    provider = [s.merge(p) for p in people][rng.randrange(3)]
+    version = services.current_version(s, tid)
+
+    def step(fn: Any, *args: Any) -> None:
+        nonlocal version
+        fn(s, tid, version, provider, *args)
+        s.flush()
+        version = services.current_version(s, tid)
+
+    old = index < total * 0.45
+    if rng.random() < 0.25:
+        step(
+            services.set_priority,
+            rng.choice([Priority.HIGH, Priority.HIGH, Priority.URGENT, Priority.LOW]),
+        )
+    if rng.random() < 0.6:
+        step(services.set_category, rng.choice(CATEGORIES.get(queue, ("general",))))
+    if old or rng.random() < 0.5:
+        step(services.claim)
+        if rng.random() < 0.2:
+            step(services.add_note, rng.choice(NOTES))
+        if old:
+            step(services.set_status, Status.RESOLVED if rng.random() < 0.8 else Status.CLOSED)
+        else:
+            step(
+                services.set_status,
+                rng.choice([Status.OPEN, Status.OPEN, Status.PENDING, Status.ON_HOLD]),
+            )
+    if rng.random() < 0.08:
+        step(
+            services.set_tags,
+            rng.sample(["remote", "vip", "recurring", "hardware-swap", "needs-approval"], 2),
+        )
+
+
+NOTES = (
+    "Called them, will follow up tomorrow.",
+    "Waiting for the vendor's answer (case 88123).",
+    "Same as last month; see the runbook page.",
+    "Needs manager approval first.",
+)

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from store.config import load_settings
 from store.db import Database
+from store.migrate import SCHEMA_HEAD
 from store.models import (
     Attachment,
     Blob,
@@ -150,7 +151,7 @@ def test_init_writes_config_and_database(installed: Installed) -> None:
     for sub in ("cur", "new", "tmp"):
         assert (installed.data / "Maildir" / sub).is_dir()
     with sqlite3.connect(db_file) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_HEAD,)]
         assert conn.execute("SELECT key FROM queues").fetchall() == [("help",)]
     assert not (installed.home / ".config").exists()  # nothing at the default location
 
@@ -204,7 +205,7 @@ def test_db_upgrade_when_current(installed: Installed) -> None:
     result = run(installed.env, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     db_file = installed.data / "deskq.db"
-    assert result.stdout == f"database sqlite:///{db_file}: already at schema 0001\n"
+    assert result.stdout == f"database sqlite:///{db_file}: already at schema {SCHEMA_HEAD}\n"
 
 
 # --------------------------------------------------------------------------- config check
@@ -757,7 +758,7 @@ def test_database_from_a_newer_deskq(tmp_path: Path) -> None:
     with sqlite3.connect(db_file) as conn:
         conn.execute("UPDATE alembic_version SET version_num='9999'")
     env = make_env(tmp_path, config)
-    assert_user_error(run(env, "list"), 1, "newer deskq", "9999", "0001")
+    assert_user_error(run(env, "list"), 1, "newer deskq", "9999", SCHEMA_HEAD)
     assert_user_error(run(env, "db", "upgrade"), 1, "newer deskq")
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999",)]

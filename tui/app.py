@@ -1,0 +1,162 @@
+"""The deskq terminal UI: one app factory for the CLI, ``textual serve`` and the tests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from store.pages import Changes
+from store.query import Query
+from store.workspace import Workspace
+from tui.desk import Desk
+from tui.dialogs import notice
+from tui.triage import TRIAGE
+
+log = logging.getLogger(__name__)
+LIVE_INTERVAL = 1.0  # seconds between looks at the change feed (target: visible within 2 s)
+
+
+class NoticeHandler(logging.Handler):
+    """Poller warnings (a mailbox failing, reconnecting) as unobtrusive notices."""
+
+    def __init__(self, app: DeskqApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name.rsplit('.', 1)[-1]}: {record.getMessage()}"
+        if threading.current_thread() is threading.main_thread():
+            notice(self.app, text, "warning", timeout=6)
+        else:
+            self.app.call_from_thread(notice, self.app, text, "warning", 6)
+
+
+class DeskqApp(App[None]):
+    """The queue, the ticket view and triage, live over a workspace."""
+
+    CSS_PATH = "deskq.tcss"
+    TITLE = "deskq"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+c", "quit", "Quit", show=False)]
+
+    def __init__(
+        self, ws: Workspace, *, poll: bool = False, live_interval: float = LIVE_INTERVAL
+    ) -> None:
+        super().__init__()
+        self.ws = ws
+        self.desk = Desk(ws)
+        self.poll = poll
+        self.live_interval = live_interval
+        self.stop_event = threading.Event()
+        self.cursor: int | None = None
+        self._handler: NoticeHandler | None = None
+
+    def on_mount(self) -> None:
+        from tui.queue_screen import QueueScreen
+
+        self.push_screen(QueueScreen(self.desk, self.ws.settings))
+        self._start_live()
+        if self.poll and self.ws.settings.mailbox:
+            self._handler = NoticeHandler(self)
+            logging.getLogger("mail").addHandler(self._handler)
+            self._run_poller()
+
+    def on_unmount(self) -> None:
+        self.stop_event.set()
+        if self._handler is not None:
+            logging.getLogger("mail").removeHandler(self._handler)
+
+    # ------------------------------------------------------------------ background work
+
+    @work(thread=True, group="poller", exclusive=True, exit_on_error=False)
+    def _run_poller(self) -> None:
+        from mail.poller import run_forever
+
+        run_forever(self.ws, self.stop_event)
+
+    def _start_live(self) -> None:
+        self.set_interval(self.live_interval, self.check_changes, name="live")
+
+    def check_changes(self) -> None:
+        """Look at the change feed (in a worker); screens update what changed."""
+        self._look_for_changes()
+
+    @work(thread=True, group="live", exclusive=True, exit_on_error=False)
+    def _look_for_changes(self) -> None:
+        if self.cursor is None:
+            self.cursor = self.desk.cursor()
+            return
+        changes = self.desk.changes(self.cursor)
+        if changes.cursor == self.cursor:
+            return
+        self.cursor = changes.cursor
+        fresh = self.desk.rows(Query(), changes.created) if changes.created else {}
+        self.call_from_thread(self._changed, changes, [r for r in fresh.values() if r])
+
+    def _changed(self, changes: Changes, created: list) -> None:  # type: ignore[type-arg]
+        for screen in self.screen_stack:
+            handle = getattr(screen, "handle_changes", None)
+            if handle is not None:
+                handle(changes)
+        # Tickets I created myself (a split) are already read: no notice for those.
+        new = [r for r in created if r.unread or self.desk.me_id is None]
+        for row in new[:3]:
+            t = row.ticket
+            notice(self.app, f"new #{t.id} [{t.queue}] {t.subject}", timeout=5)
+        if len(new) > 3:
+            notice(self.app, f"and {len(new) - 3} more new tickets", timeout=5)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A failed background job becomes a visible notice, never a crash."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            log.warning("background job %s failed", event.worker.name, exc_info=error)
+            notice(
+                self,
+                f"{event.worker.group or 'background job'} failed: {error}",
+                "error",
+                timeout=10,
+            )
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:  # type: ignore[type-arg]
+        yield from super().get_system_commands(screen)
+        triage = getattr(screen, "action_triage", None)
+        if triage is not None:
+            for a in TRIAGE:
+                yield SystemCommand(
+                    f"{a.title.rstrip('…')} ({a.key})", a.help, lambda name=a.name: triage(name)
+                )
+        for name, title, help in PALETTE:
+            action = getattr(screen, f"action_{name}", None)
+            if action is not None:
+                yield SystemCommand(title, help, action)
+
+
+PALETTE = (
+    ("filter", "Filter (/)", "filter the queue: status:open prio:high assignee:me vpn"),
+    ("sort", "Sort by… (o)", "sort the queue on a column"),
+    ("save_view", "Save view (S)", "save the current filter as a named view"),
+    ("delete_view", "Delete view (D)", "delete the saved view shown"),
+    ("reload", "Reload (ctrl+l)", "read the queue again"),
+    ("unread", "Mark unread (U)", "show the ticket as unseen"),
+    ("attachments", "Attachments (A)", "save or open an attachment"),
+    ("links", "Linked tickets (L)", "go to a linked ticket"),
+    ("help", "Keys (?)", "every key of this screen"),
+)
+
+
+def make_app(
+    ws: Workspace, *, poll: bool = False, live_interval: float = LIVE_INTERVAL
+) -> DeskqApp:
+    """The one way the CLI and the tests build the app."""
+    return DeskqApp(ws, poll=poll, live_interval=live_interval)

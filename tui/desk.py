@@ -1,0 +1,260 @@
+"""The TUI's one door to the store: blocking calls that take and return plain data.
+
+Screens call these from thread workers only. Every triage action goes through
+:mod:`store.services` (events, version checks); a conflict comes back as data for
+the conflict dialog instead of being retried or overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from store import pages, services
+from store.models import Blob, Person, Priority, Status
+from store.query import Query
+from store.views import TicketDetail, ticket_detail
+from store.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ticket an action applies to, at the version the provider was looking at."""
+
+    id: int
+    version: int
+
+
+@dataclass
+class Outcome:
+    """What happened when an action was applied to some tickets."""
+
+    done: list[int] = field(default_factory=list)
+    # (the ticket acted on, the conflict: possibly about another ticket, e.g. a merge target)
+    conflicts: list[tuple[Target, services.ConflictError]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    created: list[int] = field(default_factory=list)
+
+
+Apply = Callable[[Session, Target, Person, Any], Any]
+
+
+def _claim(s: Session, t: Target, me: Person, _: Any) -> Any:
+    return services.claim(s, t.id, t.version, me)
+
+
+def _assign(s: Session, t: Target, me: Person, who: str | None) -> Any:
+    person = services.get_or_create_person(s, who, provider=True) if who else None
+    return services.assign(s, t.id, t.version, me, person)
+
+
+def _status(s: Session, t: Target, me: Person, value: str) -> Any:
+    return services.set_status(s, t.id, t.version, me, Status(value))
+
+
+def _priority(s: Session, t: Target, me: Person, value: str) -> Any:
+    return services.set_priority(s, t.id, t.version, me, Priority(value))
+
+
+def _category(s: Session, t: Target, me: Person, value: str | None) -> Any:
+    return services.set_category(s, t.id, t.version, me, value)
+
+
+def _tags(s: Session, t: Target, me: Person, value: str) -> Any:
+    return services.set_tags(s, t.id, t.version, me, value.replace(",", " ").split())
+
+
+def _note(s: Session, t: Target, me: Person, text: str) -> Any:
+    return services.add_note(s, t.id, t.version, me, text)
+
+
+def _link(s: Session, t: Target, me: Person, other: int) -> Any:
+    return services.link(s, t.id, t.version, me, other)
+
+
+def _merge(s: Session, t: Target, me: Person, into: Target) -> Any:
+    return services.merge(s, t.id, t.version, into.id, into.version, me)
+
+
+def _split(s: Session, t: Target, me: Person, message_id: int) -> Any:
+    return services.split(s, t.id, t.version, me, message_id)
+
+
+def _release(s: Session, t: Target, me: Person, _: Any) -> Any:
+    return services.release(s, t.id, t.version, me)
+
+
+ACTIONS: dict[str, Apply] = {
+    "claim": _claim,
+    "assign": _assign,
+    "status": _status,
+    "priority": _priority,
+    "category": _category,
+    "tags": _tags,
+    "note": _note,
+    "link": _link,
+    "merge": _merge,
+    "split": _split,
+    "release": _release,
+}
+
+
+class Desk:
+    """One provider's view of a workspace (``me`` may be unset: read-only)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.me = ws.settings.me.strip().lower()
+        with ws.db.session() as session:
+            self.me_id = pages.person_id(session, self.me) if self.me else None
+
+    # ------------------------------------------------------------------ reading
+
+    def first_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
+        """The first rows of the queue in ``query``'s order."""
+        with self.ws.db.session() as s:
+            return pages.fetch_page(s, query, self.me_id, limit=limit)
+
+    def page_after(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
+        """Rows after ``key``."""
+        with self.ws.db.session() as s:
+            return pages.fetch_page(s, query, self.me_id, after=key, limit=limit)
+
+    def page_before(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
+        """Rows before ``key``."""
+        with self.ws.db.session() as s:
+            return pages.fetch_page(s, query, self.me_id, before=key, limit=limit)
+
+    def last_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
+        """The last rows."""
+        with self.ws.db.session() as s:
+            return pages.fetch_last_page(s, query, self.me_id, limit=limit)
+
+    def count(self, query: Query) -> int:
+        """How many tickets match."""
+        with self.ws.db.session() as s:
+            return pages.count(s, query, self.me_id)
+
+    def rows(self, query: Query, ids: Iterable[int]) -> dict[int, pages.QueueRow | None]:
+        """Fresh rows for ``ids`` (None: no longer in the view)."""
+        with self.ws.db.session() as s:
+            return pages.rows_by_id(s, query, self.me_id, ids)
+
+    def versions(self, ids: Iterable[int]) -> dict[int, int]:
+        """The current version of each ticket that exists."""
+        from sqlalchemy import select
+
+        from store.models import Ticket
+
+        with self.ws.db.session() as s:
+            rows = s.execute(select(Ticket.id, Ticket.version).where(Ticket.id.in_(list(ids))))
+            return {tid: version for tid, version in rows}
+
+    def cursor(self) -> int:
+        """The change feed's current position."""
+        with self.ws.db.session() as s:
+            return pages.change_cursor(s)
+
+    def changes(self, cursor: int) -> pages.Changes:
+        """What changed since ``cursor``."""
+        with self.ws.db.session() as s:
+            return pages.changes_since(s, cursor)
+
+    def detail(self, ticket_id: int, mark_read: bool = True) -> TicketDetail | None:
+        """A ticket's conversation and history; marks it read for me."""
+        with self.ws.db.session() as s:
+            detail = ticket_detail(s, ticket_id)
+        if detail is not None and mark_read and self.me_id is not None:
+            with self.ws.db.write() as s:
+                pages.mark_read(s, self.me_id, ticket_id, detail.ticket.version)
+        return detail
+
+    def mark_unread(self, ticket_id: int) -> None:
+        """Show the ticket as unseen again."""
+        if self.me_id is not None:
+            with self.ws.db.write() as s:
+                pages.mark_unread(s, self.me_id, ticket_id)
+
+    def raw_headers(self, message_id: int) -> str:
+        """The header block of a message's raw source ('' when there is none)."""
+        from store.models import Message, RawSource
+
+        with self.ws.db.session() as s:
+            message = s.get(Message, message_id)
+            raw = s.get(RawSource, message.raw_id) if message and message.raw_id else None
+            if raw is None:
+                return ""
+            data = raw.content()
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        return head.decode("utf-8", "replace")
+
+    def attachment_bytes(self, sha256: str) -> bytes:
+        """An attachment's content."""
+        with self.ws.db.session() as s:
+            blob = s.get(Blob, sha256)
+            if blob is None:
+                raise services.NotFoundError("the attachment's content is missing")
+            return blob.content()
+
+    def providers(self) -> list[tuple[str, str]]:
+        """(address, name) of providers, for assigning."""
+        with self.ws.db.session() as s:
+            return pages.provider_choices(s)
+
+    def categories(self) -> list[str]:
+        """Categories in use."""
+        with self.ws.db.session() as s:
+            return pages.category_choices(s)
+
+    def views(self) -> list[tuple[str, str]]:
+        """My saved views."""
+        if self.me_id is None:
+            return []
+        with self.ws.db.session() as s:
+            return pages.saved_views(s, self.me_id)
+
+    def save_view(self, name: str, text: str) -> None:
+        """Save the current filter under ``name``."""
+        if self.me_id is None:
+            raise services.ActionError('set me = "your address" in the config to save views')
+        with self.ws.db.write() as s:
+            pages.save_view(s, self.me_id, name, text)
+
+    def delete_view(self, name: str) -> bool:
+        """Delete a saved view."""
+        if self.me_id is None:
+            return False
+        with self.ws.db.write() as s:
+            return pages.delete_view(s, self.me_id, name)
+
+    # ------------------------------------------------------------------ acting
+
+    def apply(self, action: str, targets: Iterable[Target], value: Any = None) -> Outcome:
+        """Apply one action to each target in its own transaction; collect what happened."""
+        if not self.me:
+            raise services.ActionError('set me = "your address" in the config to act on tickets')
+        outcome = Outcome()
+        for target in targets:
+            try:
+                with self.ws.db.write() as s:
+                    me = services.get_or_create_person(s, self.me, provider=True)
+                    self.me_id = me.id
+                    result = ACTIONS[action](s, target, me, value)
+                    ticket_id = getattr(result, "ticket_id", None) or target.id
+                    if action == "split":
+                        outcome.created.append(result.id)
+                        pages.mark_read(s, me.id, result.id, result.version)
+                    s.flush()
+                    version = services.current_version(s, target.id)
+                    pages.mark_read(s, me.id, target.id, version)
+                    if action == "merge":  # the next source merges into the new version
+                        value = Target(value.id, services.current_version(s, value.id))
+                outcome.done.append(ticket_id)
+            except services.ConflictError as exc:
+                outcome.conflicts.append((target, exc))
+            except services.ActionError as exc:
+                outcome.errors.append(f"#{target.id}: {exc}")
+        return outcome
