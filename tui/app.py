@@ -62,6 +62,8 @@ class DeskqApp(App[None]):
     def on_mount(self) -> None:
         from tui.queue_screen import QueueScreen
 
+        # Taken before the first page is read, so no change in between can be missed.
+        self.cursor = self.desk.cursor()
         self.push_screen(QueueScreen(self.desk, self.ws.settings))
         self._start_live()
         if self.poll and self.ws.settings.mailbox:
@@ -92,7 +94,6 @@ class DeskqApp(App[None]):
     @work(thread=True, group="live", exclusive=True, exit_on_error=False)
     def _look_for_changes(self) -> None:
         if self.cursor is None:
-            self.cursor = self.desk.cursor()
             return
         changes = self.desk.changes(self.cursor)
         if changes.cursor == self.cursor:
