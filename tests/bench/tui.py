@@ -60,7 +60,8 @@ def config(db: Path, folder: Path) -> Path:
         ("hr", "People", "HR"),
         ("facilities", "Facilities", "FAC"),
     ):
-        text += f'\n[[queue]]\nkey = "{key}"\nname = "{name}"\ntag = "{tag}"\naddress = "{key}@corp.example"\n'
+        text += f'\n[[queue]]\nkey = "{key}"\nname = "{name}"\ntag = "{tag}"\n'
+        text += f'address = "{key}@corp.example"\n'
     path = folder / "config.toml"
     path.write_text(text)
     return path
@@ -157,7 +158,9 @@ async def drive(config_path: Path) -> dict[str, float]:
                 t0 = time.perf_counter()
                 generation = lst.generation
                 screen.apply_filter(text)  # type: ignore[attr-defined]
-                await wait(lambda: lst.generation > generation and lst.loaded and not lst.loading)
+                await wait(
+                    lambda g=generation: lst.generation > g and lst.loaded and not lst.loading
+                )
                 await pilot.pause()
                 samples.append((time.perf_counter() - t0) * 1000)
                 screen.apply_filter("")  # type: ignore[attr-defined]
