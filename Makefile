@@ -27,7 +27,8 @@ lint: setup  ## ruff, formatting, mypy on mail/ and store/, the layering contrac
 	$(BIN)/lint-imports
 
 bench: setup  ## benchmarks under tests/bench (each prints one JSON line)
-	for b in tests/bench/*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python tests/bench/ingest.py
+	$(BIN)/python tests/bench/tui.py
 
 clean:
 	rm -rf $(VENV) demo-workspace .pytest_cache .mypy_cache .ruff_cache

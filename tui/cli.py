@@ -70,6 +70,33 @@ def run_tui(ws: Workspace, *, poll: bool) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The TUI in a browser: each visitor gets their own deskq process (textual-serve)."""
+    import shlex
+
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise UserError(
+            "serving in a browser needs textual-serve: pip install 'deskq[web]'", EXIT_USAGE
+        ) from None
+    from store.config import load_settings, resolve_config_path
+
+    path = resolve_config_path(args.config)
+    load_settings(path)  # a bad config fails here, not in every visitor's session
+    deskq = shlex.quote(str(Path(sys.executable).parent / "deskq"))
+    # Every visitor gets a process of their own: none of them polls (run 'deskq poll').
+    command = f"{deskq} --config {shlex.quote(str(path))} --no-poll"
+    if args.host not in ("localhost", "127.0.0.1", "::1"):
+        print(
+            f"deskq: serving on {args.host}: anyone who reaches this port acts as the "
+            "config's 'me'; put it behind a proxy with authentication.",
+            file=sys.stderr,
+        )
+    Server(command, host=args.host, port=args.port, title="deskq").serve()
+    return EXIT_OK
+
+
 def _log_to_file() -> None:
     from platformdirs import user_log_dir
 
@@ -414,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-tui", action="store_true", help="print the queue instead of opening the TUI"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "serve", help="the terminal UI in a web browser (textual-serve; run 'deskq poll' too)"
+    )
+    p.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("show", help="show one ticket")
     p.add_argument("id", type=int, metavar="ID", help="ticket number")
