@@ -58,7 +58,7 @@ def normalise_url(url: str, password: str | None = None) -> URL:
     return parsed
 
 
-def _sqlite_engine(url: URL, busy_timeout_ms: int, **kw: Any) -> Engine:
+def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> Engine:
     if url.database and url.database != ":memory:":
         try:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, **kw: Any) -> Engine:
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA cache_size = -65536")  # 64 MB of page cache per connection
+        cur.execute(f"PRAGMA cache_size = {-1024 * int(cache_mb)}")  # KiB, per connection
         cur.execute("PRAGMA temp_store = MEMORY")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -96,12 +96,13 @@ def make_engine(
     password: str | None = None,
     busy_timeout_ms: int = 10_000,
     echo: bool = False,
+    cache_mb: int = 64,
 ) -> Engine:
     """An engine for ``url`` with deskq's per-backend settings (WAL, foreign keys...)."""
     parsed = url if isinstance(url, URL) else normalise_url(url, password)
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed, busy_timeout_ms, echo=echo)
+            return _sqlite_engine(parsed, busy_timeout_ms, cache_mb, echo=echo)
         return create_engine(parsed, echo=echo, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise DatabaseError(
@@ -130,11 +131,18 @@ class Database:
         password: str | None = None,
         busy_timeout_ms: int = 10_000,
         upgrade: bool = True,
+        cache_mb: int = 64,
     ) -> Database:
-        """Connect, check the schema and (by default) migrate it to head."""
+        """Connect, check the schema and (by default) migrate it to head.
+
+        ``cache_mb`` is SQLite's page cache per connection: large for bulk ingestion,
+        small for the TUI, whose few rows per page need little and whose memory counts.
+        """
         from store import migrate
 
-        engine = make_engine(url, password=password, busy_timeout_ms=busy_timeout_ms)
+        engine = make_engine(
+            url, password=password, busy_timeout_ms=busy_timeout_ms, cache_mb=cache_mb
+        )
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")

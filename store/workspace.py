@@ -29,14 +29,18 @@ class Workspace:
         self.db.close()
 
 
-def open_workspace(settings: Settings, *, upgrade: bool = True) -> Workspace:
-    """Open (and by default migrate) the configured database and mirror the queues into it."""
+def open_workspace(settings: Settings, *, upgrade: bool = True, cache_mb: int = 64) -> Workspace:
+    """Open (and by default migrate) the configured database and mirror the queues into it.
+
+    ``cache_mb``: SQLite page cache per connection (see :meth:`Database.open`).
+    """
     password = resolve_password(settings.database, "[database]")
     db = Database.open(
         settings.database.url,
         password=password,
         busy_timeout_ms=settings.database.busy_timeout_ms,
         upgrade=upgrade,
+        cache_mb=cache_mb,
     )
     with db.write() as session:
         sync_queues(session, settings)

@@ -13,14 +13,18 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from store.config import Settings
 from store.pages import Changes
 from store.query import Query
-from store.workspace import Workspace
+from store.workspace import Workspace, open_workspace
 from tui.desk import Desk
 from tui.dialogs import notice
 from tui.triage import TRIAGE
 
 log = logging.getLogger(__name__)
+# SQLite page cache per connection for the TUI: pages of 200 rows need little, and the
+# UI's workers each hold a connection (the poller's writes do fine with it too).
+TUI_CACHE_MB = 16
 LIVE_INTERVAL = 1.0  # seconds between looks at the change feed (target: visible within 2 s)
 
 
@@ -154,6 +158,11 @@ PALETTE = (
     ("links", "Linked tickets (L)", "go to a linked ticket"),
     ("help", "Keys (?)", "every key of this screen"),
 )
+
+
+def open_for_tui(settings: Settings) -> Workspace:
+    """The workspace as the TUI opens it (a smaller page cache than bulk ingestion)."""
+    return open_workspace(settings, cache_mb=TUI_CACHE_MB)
 
 
 def make_app(

@@ -46,9 +46,9 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 def cmd_tui(args: argparse.Namespace) -> int:
     """Without a subcommand: the terminal UI (with the poller in the background)."""
     from store.config import load_settings, resolve_config_path
-    from store.workspace import open_workspace
+    from tui.app import open_for_tui
 
-    ws = open_workspace(load_settings(resolve_config_path(args.config)))
+    ws = open_for_tui(load_settings(resolve_config_path(args.config)))
     try:
         return run_tui(ws, poll=not args.no_poll)
     finally:

@@ -108,14 +108,13 @@ class Probe:
 async def drive(config_path: Path) -> dict[str, float]:
     """Measure one database in this process."""
     from store.config import load_settings
-    from store.workspace import open_workspace
-    from tui.app import make_app
+    from tui.app import make_app, open_for_tui
     from tui.ticket_list import TicketList
     from tui.ticket_screen import TicketScreen
 
     out: dict[str, float] = {}
     start = time.perf_counter()
-    ws = open_workspace(load_settings(config_path))
+    ws = open_for_tui(load_settings(config_path))
     app = make_app(ws, live_interval=3600)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait(lambda: app.screen.query(TicketList) and app.screen.query_one(TicketList).rows)
