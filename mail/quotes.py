@@ -44,11 +44,17 @@ def split_quotes(text: str) -> list[Block]:
     lines = text.split("\n")
     start = _history_start(lines)
     tail: list[str] = []
+    attribution = -1
     if start is not None:
-        lines, tail = lines[:start], lines[start:]
+        rest = lines[start + 1 :]
+        if _WROTE.match(lines[start]) and any(x.lstrip().startswith(">") for x in rest):
+            # ">"-quoted history: answers may be interleaved, so go line by line.
+            attribution = start
+        else:
+            lines, tail = lines[:start], lines[start:]
     blocks: list[Block] = []
-    for line in lines:
-        quoted = line.lstrip().startswith(">")
+    for index, line in enumerate(lines):
+        quoted = index == attribution or line.lstrip().startswith(">")
         if blocks and blocks[-1].quoted == quoted:
             blocks[-1] = Block(quoted, (*blocks[-1].lines, line))
         else:

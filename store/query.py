@@ -117,9 +117,12 @@ def _check_value(key: str, value: str) -> str:
         return value.lower()
     if key == "prio":
         bare = value.lstrip("<>=").lower()
-        if bare not in [p.value for p in Priority]:
+        op = value[: len(value) - len(bare)]
+        if bare not in [p.value for p in Priority] or op not in ("", ">=", ">", "<=", "<"):
             raise QueryError(f"prio:{value} is not a priority; use {FILTER_KEYS['prio']}")
-        return value[: len(value) - len(bare)] + bare
+        return op + bare
+    if key == "assignee" and value.lower() in ("me", "none"):
+        return value.lower()
     if key == "is":
         kinds = FILTER_KEYS["is"].split(", ")
         if value.lower() not in kinds:
@@ -286,7 +289,8 @@ def conditions(
     for term in query.terms:
         alternatives = [_value_condition(term.key, v, me_id, now) for v in term.values]
         cond = or_(*alternatives) if len(alternatives) > 1 else alternatives[0]
-        result.append(not_(cond) if term.negated else cond)
+        # NOT (NULL = x) is NULL, not true: "-assignee:bob" must keep unassigned tickets.
+        result.append(not_(func.coalesce(cond, false())) if term.negated else cond)
     if query.words.strip():
         result.append(Ticket.id.in_(search_ticket_ids(session, query.words)))
     return result

@@ -9,6 +9,7 @@ transaction (``with db.write() as session: claim(session, ...)``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from email.utils import parseaddr
 from datetime import datetime
 from typing import Any
 
@@ -504,7 +505,14 @@ def split(session: Session, ticket_id: int, version: int, actor: Person, message
     if (remaining or 0) < 2:
         raise ActionError("the ticket's only inbound message cannot be split out")
     queue = session.get_one(Queue, change.ticket.queue_id)
-    requester = get_or_create_person(session, message.from_addr or "unknown@invalid")
+    # The sender as ingestion recorded it (from_addr is the display form "Name <addr>").
+    requester = session.get(Person, message.author_id) if message.author_id else None
+    if requester is None:
+        name, address = parseaddr(message.from_addr)
+        if "@" in address:
+            requester = get_or_create_person(session, address, name)
+        else:
+            requester = session.get_one(Person, change.ticket.requester_id)
     new = open_ticket(
         session,
         queue=queue,
