@@ -45,7 +45,8 @@ def _select(session: Session, query: Query, me_id: int | None) -> tuple[Any, Any
         .where(TicketRead.ticket_id == Ticket.id, TicketRead.person_id == me_id)
         .scalar_subquery()
     )
-    stmt = summary_select().add_columns(expr, read).where(*conditions(session, query, me_id))
+    conds = conditions(session, query, me_id, paging=True)
+    stmt = summary_select().add_columns(expr, read).where(*conds)
     return stmt, expr
 
 

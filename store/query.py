@@ -11,6 +11,7 @@ that says what would have been valid.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -278,12 +279,60 @@ def _value_condition(key: str, value: str, me_id: int | None, now: datetime) -> 
     return Ticket.id == int(value)
 
 
-def conditions(
-    session: Session, query: Query, me_id: int | None, now: datetime | None = None
-) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of ``query`` (free words through full-text search)."""
-    from store.views import search_ticket_ids
+# A search sorted on an indexed column can walk the tickets in order and probe the
+# full-text index for each one until a page is full, instead of materialising every
+# match. Walking costs about (page / share of matching messages) probes of ~130 us;
+# materialising about 5 us per match: walking wins above ~5 * sqrt(page * messages)
+# matches (about 80,000 at 1M tickets, where it turns 0.7 s into 0.13 s for a word in
+# one ticket of five).
+PAGE_GUESS = 200
+_WALKABLE_SORTS = {"id", "created", "updated"}
 
+
+def probe_threshold(messages: int) -> int:
+    """How many matching messages make walking the tickets cheaper than listing matches."""
+    return max(int(5 * math.sqrt(PAGE_GUESS * messages)), 1000)
+
+
+def _search_condition(session: Session, words: str, walk: bool) -> ColumnElement[bool]:
+    from sqlalchemy import exists, text
+
+    from store.models import Message
+    from store.views import fts_query, search_ticket_ids
+
+    if walk and session.get_bind().dialect.name == "sqlite":
+        fts = fts_query(words) or '""'
+        threshold = probe_threshold(session.scalar(select(func.max(Message.id))) or 0)
+        hits = session.scalar(
+            text(
+                "SELECT count(*) FROM (SELECT rowid FROM messages_fts "
+                "WHERE messages_fts MATCH :fts LIMIT :cap)"
+            ),
+            {"fts": fts, "cap": threshold},
+        )
+        if (hits or 0) >= threshold:
+            probe = text(
+                "messages.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH :fts "
+                "AND rowid = messages.id)"
+            ).bindparams(fts=fts)
+            return exists().where(Message.ticket_id == Ticket.id, probe)
+    condition: ColumnElement[bool] = Ticket.id.in_(search_ticket_ids(session, words))
+    return condition
+
+
+def conditions(
+    session: Session,
+    query: Query,
+    me_id: int | None,
+    now: datetime | None = None,
+    *,
+    paging: bool = False,
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of ``query`` (free words through full-text search).
+
+    ``paging``: the caller reads one page in the query's order (not a count), so a
+    very common word may be matched ticket by ticket instead of all at once.
+    """
     now = now or utcnow()
     result: list[ColumnElement[bool]] = []
     for term in query.terms:
@@ -292,7 +341,8 @@ def conditions(
         # NOT (NULL = x) is NULL, not true: "-assignee:bob" must keep unassigned tickets.
         result.append(not_(func.coalesce(cond, false())) if term.negated else cond)
     if query.words.strip():
-        result.append(Ticket.id.in_(search_ticket_ids(session, query.words)))
+        walk = paging and query.sort in _WALKABLE_SORTS
+        result.append(_search_condition(session, query.words, walk))
     return result
 
 

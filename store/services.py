@@ -9,8 +9,8 @@ transaction (``with db.write() as session: claim(session, ...)``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from email.utils import parseaddr
 from datetime import datetime
+from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import func, select, update
