@@ -164,13 +164,18 @@ class Desk:
             return pages.changes_since(s, cursor)
 
     def detail(self, ticket_id: int, mark_read: bool = True) -> TicketDetail | None:
-        """A ticket's conversation and history; marks it read for me."""
+        """A ticket's conversation and history; by default marks it read for me."""
         with self.ws.db.session() as s:
             detail = ticket_detail(s, ticket_id)
-        if detail is not None and mark_read and self.me_id is not None:
-            with self.ws.db.write() as s:
-                pages.mark_read(s, self.me_id, ticket_id, detail.ticket.version)
+        if detail is not None and mark_read:
+            self.mark_read(ticket_id, detail.ticket.version)
         return detail
+
+    def mark_read(self, ticket_id: int, version: int) -> None:
+        """Remember that I have seen ``ticket_id`` at ``version``."""
+        if self.me_id is not None:
+            with self.ws.db.write() as s:
+                pages.mark_read(s, self.me_id, ticket_id, version)
 
     def mark_unread(self, ticket_id: int) -> None:
         """Show the ticket as unseen again."""

@@ -38,6 +38,11 @@ TICKET_KEYS = (
 )
 
 
+def plain_line(text: str) -> Text:
+    """Untrusted text for a one-line title: sanitised, never parsed as markup."""
+    return Text(for_terminal(text, keep_newlines=False))
+
+
 def render_message(m: MessageView, *, unfold: bool, headers: str | None) -> Text:
     """A message as plain text: quoted history folded unless ``unfold``."""
     text = Text()
@@ -101,7 +106,7 @@ class TicketScreen(Screen[None]):
     @work(thread=True, group="ticket", exclusive=True, exit_on_error=False)
     def load(self) -> None:
         """(Re)read the ticket and mark it read."""
-        detail = self.desk.detail(self.ticket_id)
+        detail = self.desk.detail(self.ticket_id, mark_read=False)
         headers = None
         if detail is not None and self.headers is not None:
             headers = {m.id: self.desk.raw_headers(m.id) for m in detail.messages}
@@ -113,12 +118,18 @@ class TicketScreen(Screen[None]):
             self.dismiss()
             return
         self.detail, self.headers = detail, headers if self.headers is not None else None
+        self._mark_read(detail.ticket.id, detail.ticket.version)
         self.query_one("#ticket-header", Static).update(self._header_text(detail))
         box = self.query_one("#conversation", VerticalScroll)
         y = box.scroll_y
         box.remove_children()
         box.mount_all(self._conversation(detail))
         box.call_after_refresh(box.scroll_to, y=y, animate=False)
+
+    @work(thread=True, group="mark-read", exit_on_error=False)
+    def _mark_read(self, ticket_id: int, version: int) -> None:
+        # After the conversation is on screen: a write must not delay the first paint.
+        self.desk.mark_read(ticket_id, version)
 
     def _header_text(self, d: TicketDetail) -> Text:
         t = d.ticket
@@ -156,12 +167,12 @@ class TicketScreen(Screen[None]):
             )
             w = Static(body, classes=f"message {m.direction}")
             when = f"{m.date:%a %d %b %Y %H:%M}" if m.date else "no date"
-            w.border_title = for_terminal(
-                f"{LABEL.get(m.direction, m.direction)} · {m.from_addr} · {when}",
-                keep_newlines=False,
+            # Text, not str: a str title would be parsed as markup.
+            w.border_title = plain_line(
+                f"{LABEL.get(m.direction, m.direction)} · {m.from_addr} · {when}"
             )
             if m.direction == "inbound":
-                w.border_subtitle = for_terminal(f"threaded: {m.threaded_by}", keep_newlines=False)
+                w.border_subtitle = plain_line(f"threaded: {m.threaded_by}")
             widgets.append(w)
         if self.history:
             lines = Text()

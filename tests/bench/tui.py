@@ -125,13 +125,13 @@ async def drive(config_path: Path) -> dict[str, float]:
         out["tickets"] = lst.total or 0
         probe = Probe(app, lst)
         times = []
-        for _ in range(150):
+        for _ in range(300):
             times.append(await probe.key("pagedown", lambda: lst._pending_move == 0))
         out["page_down_p50_ms"] = round(statistics.median(times), 2)
         out["page_down_p95_ms"] = round(pct(times, 0.95), 2)
         out["rows_scrolled"] = float(lst.position or 0)
         opens = []
-        for _ in range(20):
+        for _ in range(40):
             opens.append(
                 await probe.key(
                     "enter",
