@@ -126,12 +126,19 @@ def rows_by_id(
 
 @dataclass(frozen=True)
 class Changes:
-    """What happened since a cursor: tickets touched, those created, the new cursor."""
+    """What happened since a cursor: tickets touched, those created, the new cursor.
+
+    ``gaps`` are event ids below the new cursor that were not there yet. On PostgreSQL
+    an id is taken when the event is written but becomes visible at commit, so a
+    transaction that commits late leaves a gap that fills in afterwards: pass the gaps
+    back to the next call and those events are reported when they appear.
+    """
 
     cursor: int
     touched: frozenset[int]
     created: frozenset[int]
     truncated: bool = False
+    gaps: frozenset[int] = frozenset()
 
 
 def change_cursor(session: Session) -> int:
@@ -139,8 +146,14 @@ def change_cursor(session: Session) -> int:
     return int(session.scalar(select(func.max(Event.id))) or 0)
 
 
-def changes_since(session: Session, cursor: int, limit: int = 5000) -> Changes:
-    """Tickets changed by events after ``cursor``; ``truncated`` when more than ``limit``."""
+def changes_since(
+    session: Session, cursor: int, limit: int = 5000, gaps: Iterable[int] = ()
+) -> Changes:
+    """Tickets changed by events after ``cursor`` (or filling ``gaps``).
+
+    ``truncated`` when more than ``limit`` events came after the cursor.
+    """
+    gaps = set(gaps)
     rows = session.execute(
         select(Event.id, Event.ticket_id, Event.kind)
         .where(Event.id > cursor)
@@ -148,12 +161,21 @@ def changes_since(session: Session, cursor: int, limit: int = 5000) -> Changes:
         .limit(limit + 1)
     ).all()
     truncated = len(rows) > limit
-    rows = rows[:limit]
+    rows = list(rows[:limit])
+    if gaps:
+        filled = session.execute(
+            select(Event.id, Event.ticket_id, Event.kind).where(Event.id.in_(sorted(gaps)))
+        ).all()
+        gaps -= {r.id for r in filled}
+        rows += filled
     if not rows:
-        return Changes(cursor, frozenset(), frozenset())
+        return Changes(cursor, frozenset(), frozenset(), gaps=frozenset(gaps))
+    new_cursor = max(cursor, *(r.id for r in rows))
+    seen = {r.id for r in rows}
+    gaps |= set(range(cursor + 1, new_cursor)) - seen if new_cursor - cursor <= limit * 2 else set()
     touched = frozenset(r.ticket_id for r in rows if r.ticket_id is not None)
     created = frozenset(r.ticket_id for r in rows if r.kind == "created" and r.ticket_id)
-    return Changes(rows[-1].id, touched, created, truncated)
+    return Changes(new_cursor, touched, created, truncated, frozenset(gaps))
 
 
 # --------------------------------------------------------------------------- read marks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # UI's workers each hold a connection (the poller's writes do fine with it too).
 TUI_CACHE_MB = 16
 LIVE_INTERVAL = 1.0  # seconds between looks at the change feed (target: visible within 2 s)
+GAP_PATIENCE = 60.0  # seconds a missing event id is watched for a late commit
 
 
 class NoticeHandler(logging.Handler):
@@ -61,6 +63,7 @@ class DeskqApp(App[None]):
         self.live_interval = live_interval
         self.stop_event = threading.Event()
         self.cursor: int | None = None
+        self.gaps: dict[int, float] = {}  # event ids not visible yet -> when first missed
         self._handler: NoticeHandler | None = None
 
     def on_mount(self) -> None:
@@ -99,8 +102,12 @@ class DeskqApp(App[None]):
     def _look_for_changes(self) -> None:
         if self.cursor is None:
             return
-        changes = self.desk.changes(self.cursor)
-        if changes.cursor == self.cursor:
+        now = time.monotonic()
+        # A gap older than a minute was a rolled-back transaction, not a late commit.
+        self.gaps = {g: t for g, t in self.gaps.items() if now - t < GAP_PATIENCE}
+        changes = self.desk.changes(self.cursor, self.gaps)
+        self.gaps = {g: self.gaps.get(g, now) for g in changes.gaps}
+        if changes.cursor == self.cursor and not changes.touched:
             return
         self.cursor = changes.cursor
         fresh = self.desk.rows(Query(), changes.created) if changes.created else {}

@@ -158,10 +158,10 @@ class Desk:
         with self.ws.db.session() as s:
             return pages.change_cursor(s)
 
-    def changes(self, cursor: int) -> pages.Changes:
-        """What changed since ``cursor``."""
+    def changes(self, cursor: int, gaps: Iterable[int] = ()) -> pages.Changes:
+        """What changed since ``cursor`` (and in the ``gaps`` left by late commits)."""
         with self.ws.db.session() as s:
-            return pages.changes_since(s, cursor)
+            return pages.changes_since(s, cursor, gaps=gaps)
 
     def detail(self, ticket_id: int, mark_read: bool = True) -> TicketDetail | None:
         """A ticket's conversation and history; by default marks it read for me."""
