@@ -66,7 +66,7 @@ def run_tui(ws: Workspace, *, poll: bool) -> int:
             EXIT_USAGE,
         )
     _log_to_file()
-    make_app(ws, poll=poll).run()
+    make_app(ws, poll=poll, tune_gc=True).run()
     return EXIT_OK
 
 

@@ -32,6 +32,9 @@ def notice(
     app.notify(for_terminal(text), severity=severity, timeout=timeout, markup=False)
 
 
+NEW_VALUE = "\x00new:"  # option id prefix of "what was typed" (no real value has NUL)
+
+
 class ChoiceDialog(ModalScreen[str | None]):
     """Pick one of several values, narrowing the list by typing (fuzzy)."""
 
@@ -48,12 +51,14 @@ class ChoiceDialog(ModalScreen[str | None]):
         *,
         allow_other: str | None = None,
         current: str | None = None,
+        other_ok: Callable[[str], bool] = bool,
     ) -> None:
         super().__init__()
         self.title_text = title
         self.choices = list(choices)
         self.allow_other = allow_other
         self.current = current
+        self.other_ok = other_ok
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -73,11 +78,20 @@ class ChoiceDialog(ModalScreen[str | None]):
             score = matcher.match(label) if matcher else 1.0
             if score > 0:
                 scored.append((score, value, label))
+        typed = needle.strip()
+        exact = [s for s in scored if typed and typed.lower() in (s[1].lower(), s[2].lower())]
         if matcher:
             scored.sort(key=lambda s: -s[0])
-        options.add_options(Option(plain(label), id=value) for _, value, label in scored)
-        if scored:
-            index = next((i for i, s in enumerate(scored) if s[1] == self.current), 0)
+        entries = [(value, label) for _, value, label in scored]
+        if self.allow_other and typed and not exact and self.other_ok(typed):
+            # What was typed comes first: enter takes it as a new value; the
+            # fuzzy matches below are one arrow key away.
+            entries.insert(0, (NEW_VALUE + typed, f"+ {typed} (new)"))
+        options.add_options(Option(plain(label), id=value) for value, label in entries)
+        if entries:
+            index = next((i for i, e in enumerate(entries) if e[0] == self.current), 0)
+            if exact:
+                index = next(i for i, e in enumerate(entries) if e[0] == exact[0][1])
             options.highlighted = index
 
     @on(Input.Changed, "#choice-filter")
@@ -88,13 +102,16 @@ class ChoiceDialog(ModalScreen[str | None]):
     def _submit(self, event: Input.Submitted) -> None:
         options = self.query_one(OptionList)
         if options.highlighted is not None and options.option_count:
-            self.dismiss(options.get_option_at_index(options.highlighted).id)
-        elif self.allow_other and event.value.strip():
-            self.dismiss(event.value.strip())
+            self._pick(options.get_option_at_index(options.highlighted).id)
 
     @on(OptionList.OptionSelected, "#choice-list")
     def _picked(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(event.option.id)
+        self._pick(event.option.id)
+
+    def _pick(self, value: str | None) -> None:
+        if value is not None and value.startswith(NEW_VALUE):
+            value = value[len(NEW_VALUE) :]
+        self.dismiss(value)
 
     def action_cursor(self, delta: int) -> None:
         options = self.query_one(OptionList)

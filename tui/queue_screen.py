@@ -285,7 +285,15 @@ class QueueScreen(Screen[None]):
     def _open(self, event: TicketList.Opened) -> None:
         from tui.ticket_screen import TicketScreen
 
-        self.app.push_screen(TicketScreen(self.desk, event.ticket.id, self.tickets))
+        self.app.push_screen(TicketScreen(self.desk, event.ticket.id, self.tickets), self._returned)
+
+    @work(group="returned", exit_on_error=False)
+    async def _returned(self, visited: dict[int, int] | None) -> None:
+        # Read marks (and anything done there) show on the rows at once.
+        if visited:
+            for ticket_id, version in visited.items():
+                await asyncio.to_thread(self.desk.mark_read, ticket_id, version)
+            await self.refresh_tickets(set(visited))
 
     # ------------------------------------------------------------------ live
 

@@ -184,8 +184,9 @@ class TicketList(Widget, can_focus=True):
         self.query = query
         self.generation += 1
         self.loading = True
+        self.total = None
+        # The count starts once the first page is in: both at once slow the page down.
         self._fetch_first(self.generation, query, keep)
-        self._fetch_count(self.generation, query)
 
     @work(thread=True, group="list-first", exclusive=True, exit_on_error=False)
     def _fetch_first(self, generation: int, query: Query, keep: int | None) -> None:
@@ -224,6 +225,8 @@ class TicketList(Widget, can_focus=True):
                     self.cursor = i
                     break
         self.top = 0
+        if from_start and self.total is None:
+            self._fetch_count(generation, self.query)
         self.loading, self.loaded = False, True
         self._fetching = False
         self._scroll_to_cursor()
@@ -395,7 +398,7 @@ class TicketList(Widget, can_focus=True):
 
     def on_click(self, event: events.Click) -> None:
         if event.y == 0:
-            x = 0
+            x = 2  # the mark and unread columns
             for column, width in self._layout():
                 if x <= event.x < x + width + 1:
                     if column.key in SORTABLE:
@@ -431,18 +434,21 @@ class TicketList(Widget, can_focus=True):
         if index >= len(self.rows):
             if not self.rows and y == 1:
                 text = "loading…" if self.loading or not self.loaded else "no tickets match"
-                return Strip([Segment(fit("  " + text, width))])
+                return Strip([Segment("  " + fit(text, width - 2))])
             return Strip.blank(width, self.rich_style)
         return self._row(self.rows[index], index == self.cursor, width)
 
     def _header(self, width: int) -> Strip:
         style = self.get_component_rich_style("ticket-list--header")
         sort, desc = self.query.sort, self.query.descending
-        cells = ["  "]
+        cells = ["  "]  # above the mark and unread columns
         for column, w in self._layout():
             title = column.title + ((" ▼" if desc else " ▲") if column.key == sort else "")
-            cells.append(fit(title, w) + " ")
-        return Strip([Segment(fit("".join(cells), width), style)])
+            cell = fit(title, w).rstrip().rjust(w) if column.key == "id" else fit(title, w)
+            cells.append(cell + " ")
+        line = "".join(cells)
+        line = set_cell_size(line, width) if cell_len(line) != width else line
+        return Strip([Segment(line, style)])
 
     def _cells(self, t: TicketSummary, now: datetime) -> dict[str, str]:
         assignee = person_label(t.assignee.name, t.assignee.address) if t.assignee else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -13,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
+from textual.worker import WorkerCancelled, WorkerFailed
 
 from mail.quotes import split_quotes
 from store.pages import Changes
@@ -63,7 +65,7 @@ def render_message(m: MessageView, *, unfold: bool, headers: str | None) -> Text
     return text
 
 
-class TicketScreen(Screen[None]):
+class TicketScreen(Screen[dict[int, int]]):
     """The conversation of one ticket, with every triage action."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -94,6 +96,8 @@ class TicketScreen(Screen[None]):
         self.unfold = False
         self.headers: dict[int, str] | None = None
         self.history = True
+        # ticket -> version shown; returned on dismiss (read marks, rows to refresh)
+        self.visited: dict[int, int] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="ticket-header")
@@ -103,21 +107,32 @@ class TicketScreen(Screen[None]):
     def on_mount(self) -> None:
         self.load()
 
-    @work(thread=True, group="ticket", exclusive=True, exit_on_error=False)
     def load(self) -> None:
-        """(Re)read the ticket and mark it read."""
-        detail = self.desk.detail(self.ticket_id, mark_read=False)
+        """(Re)read the ticket on screen (its read mark follows once it is shown)."""
+        self._load(self.ticket_id)
+
+    @work(thread=True, group="ticket", exclusive=True, exit_on_error=False)
+    def _load(self, ticket_id: int) -> None:
+        detail = self.desk.detail(ticket_id, mark_read=False)
         headers = None
         if detail is not None and self.headers is not None:
             headers = {m.id: self.desk.raw_headers(m.id) for m in detail.messages}
-        self.app.call_from_thread(self._show, detail, headers)
+        self.app.call_from_thread(self._show, detail, headers, ticket_id)
 
-    def _show(self, detail: TicketDetail | None, headers: dict[int, str] | None) -> None:
+    def _show(
+        self,
+        detail: TicketDetail | None,
+        headers: dict[int, str] | None,
+        ticket_id: int | None = None,
+    ) -> None:
+        if ticket_id is not None and ticket_id != self.ticket_id:
+            return  # a slower read of a ticket J/K already moved past
         if detail is None:
             notice(self.app, f"ticket #{self.ticket_id} no longer exists", "error")
-            self.dismiss()
+            self.dismiss(self.visited)
             return
         self.detail, self.headers = detail, headers if self.headers is not None else None
+        self.visited[detail.ticket.id] = detail.ticket.version
         self._mark_read(detail.ticket.id, detail.ticket.version)
         self.query_one("#ticket-header", Static).update(self._header_text(detail))
         box = self.query_one("#conversation", VerticalScroll)
@@ -190,7 +205,7 @@ class TicketScreen(Screen[None]):
     # ------------------------------------------------------------------ keys
 
     def action_back(self) -> None:
-        self.dismiss()
+        self.dismiss(self.visited)
 
     def action_scroll(self, delta: int) -> None:
         self.query_one("#conversation", VerticalScroll).scroll_relative(y=delta, animate=False)
@@ -227,8 +242,12 @@ class TicketScreen(Screen[None]):
 
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:
+        self.visited.pop(self.ticket_id, None)
+        for worker in [w for w in self.workers if w.group == "mark-read"]:
+            with contextlib.suppress(WorkerCancelled, WorkerFailed):
+                await worker.wait()  # the read mark first, then its removal
         await asyncio.to_thread(self.desk.mark_unread, self.ticket_id)
-        self.dismiss()
+        self.dismiss(self.visited)
 
     @work(group="triage", exclusive=True, exit_on_error=False)
     async def action_triage(self, action: str) -> None:

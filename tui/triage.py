@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from store.config import is_address
 from store.models import Priority, Status
 from tui.desk import Desk, Outcome, Target
 from tui.dialogs import ChoiceDialog, ConflictDialog, NoteDialog, TextDialog, notice
@@ -61,7 +62,12 @@ async def ask_value(screen: Screen[Any], desk: Desk, action: str, targets: Seque
         people = await asyncio.to_thread(desk.providers)
         choices = [("", "nobody (unassign)")] + [(a, f"{n} <{a}>" if n else a) for a, n in people]
         value = await app.push_screen_wait(
-            ChoiceDialog(f"Assign {what} to", choices, allow_other="or type an address")
+            ChoiceDialog(
+                f"Assign {what} to",
+                choices,
+                allow_other="or type an address",
+                other_ok=is_address,
+            )
         )
         return None if value is None else (value or "")
     if action == "status":
