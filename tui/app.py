@@ -161,6 +161,11 @@ class DeskqApp(App[None]):
             action = getattr(screen, f"action_{name}", None)
             if action is not None:
                 yield SystemCommand(title, help, action)
+        lists = screen.query("TicketList")
+        if lists:
+            tickets = lists.first()
+            for name, title, help in LIST_PALETTE:
+                yield SystemCommand(title, help, getattr(tickets, f"action_{name}"))
 
 
 PALETTE = (
@@ -173,6 +178,15 @@ PALETTE = (
     ("attachments", "Attachments (A)", "save or open an attachment"),
     ("links", "Linked tickets (L)", "go to a linked ticket"),
     ("help", "Keys (?)", "every key of this screen"),
+)
+
+
+LIST_PALETTE = (
+    ("open", "Open ticket (enter)", "the conversation of the ticket under the cursor"),
+    ("toggle_mark", "Mark / unmark (v)", "actions apply to every marked ticket"),
+    ("clear_marks", "Unmark all (V)", "clear every mark"),
+    ("first", "First ticket (g)", "jump to the top of the queue"),
+    ("last", "Last ticket (G)", "jump to the end of the queue"),
 )
 
 

@@ -116,15 +116,19 @@ class QueueScreen(Screen[None]):
         self.show_view(0)
 
     @work(thread=True, group="views", exit_on_error=False)
-    def _load_saved_views(self) -> None:
+    def _load_saved_views(self, select: str | None = None) -> None:
         saved = self.desk.views()
-        self.app.call_from_thread(self._set_saved, saved)
+        self.app.call_from_thread(self._set_saved, saved, select)
 
-    def _set_saved(self, saved: list[tuple[str, str]]) -> None:
-        current = self.views[self.view_index] if self.view_index < len(self.views) else None
+    def _set_saved(self, saved: list[tuple[str, str]], select: str | None = None) -> None:
+        current = self.views[self.view_index] if 0 <= self.view_index < len(self.views) else None
         self.views = builtin_views(self.settings) + [View(n, t, True) for n, t in saved]
+        if select is not None:  # a view just saved: it is the one shown
+            current = next((v for v in self.views if v.saved and v.name == select), current)
         if current is not None and current in self.views:
             self.view_index = self.views.index(current)
+        elif current is not None:  # the view shown was deleted
+            self.view_index = -1
         self._draw_view_bar()
 
     # ------------------------------------------------------------------ views and filter
@@ -153,14 +157,31 @@ class QueueScreen(Screen[None]):
         return True
 
     def _draw_view_bar(self) -> None:
-        bar = Text(no_wrap=True, overflow="ellipsis")
+        labels = []
         for i, view in enumerate(self.views):
             style = "reverse bold" if i == self.view_index else ("italic" if view.saved else "")
-            label = f" {i + 1}:{view.name} " if i < 9 else f" {view.name} "
-            bar.append(label, style=style)
+            labels.append((f" {i + 1}:{view.name} " if i < 9 else f" {view.name} ", style))
         if self.view_index < 0:
-            bar.append(" filter ", style="reverse bold")
+            labels.append((" filter ", "reverse bold"))
+        current = self.view_index if self.view_index >= 0 else len(labels) - 1
+        width = self.size.width or self.app.size.width
+        # Drop views from the left until the current one fits, then cut on the right:
+        # an ellipsis says where views are hidden.
+        first = 0
+        while first < current and sum(len(t) for t, _ in labels[first : current + 1]) + 1 > width:
+            first += 1
+        bar = Text(no_wrap=True)
+        if first:
+            bar.append("…")
+        for text, style in labels[first:]:
+            bar.append(text, style=style)
+        if bar.cell_len > width:
+            bar.truncate(max(width - 1, 0))
+            bar.append("…")
         self.query_one("#view-bar", Static).update(bar)
+
+    def on_resize(self) -> None:
+        self._draw_view_bar()
 
     def action_view(self, delta: int) -> None:
         self.show_view(max(self.view_index, 0) + delta)
@@ -230,7 +251,7 @@ class QueueScreen(Screen[None]):
             notice(self.app, str(exc), "error")
             return
         notice(self.app, f"view {name} saved")
-        self._load_saved_views()
+        self._load_saved_views(name.strip())
 
     @work(group="save-view", exclusive=True, exit_on_error=False)
     async def action_delete_view(self) -> None:
@@ -240,7 +261,8 @@ class QueueScreen(Screen[None]):
             return
         await asyncio.to_thread(self.desk.delete_view, view.name)
         notice(self.app, f"view {view.name} deleted")
-        self.view_index = 0
+        self.views.remove(view)
+        self.show_view(0)
         self._load_saved_views()
 
     def action_reload(self) -> None:

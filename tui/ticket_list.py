@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
+from rich.style import Style
 from textual import events, work
 from textual.binding import Binding, BindingType
 from textual.message import Message
@@ -149,7 +150,7 @@ class TicketList(Widget, can_focus=True):
         self.total: int | None = None
         self.marked: dict[int, int] = {}
         self.generation = 0
-        self.loading = False
+        self.fetching_first = False
         self.loaded = False
         self._fetching = False
         self._pending_move = 0
@@ -183,7 +184,7 @@ class TicketList(Widget, can_focus=True):
         """Show ``query`` from its first row (the cursor stays on ``keep`` if it is there)."""
         self.query = query
         self.generation += 1
-        self.loading = True
+        self.fetching_first = True
         self.total = None
         # The count starts once the first page is in: both at once slow the page down.
         self._fetch_first(self.generation, query, keep)
@@ -227,7 +228,7 @@ class TicketList(Widget, can_focus=True):
         self.top = 0
         if from_start and self.total is None:
             self._fetch_count(generation, self.query)
-        self.loading, self.loaded = False, True
+        self.fetching_first, self.loaded = False, True
         self._fetching = False
         self._scroll_to_cursor()
         self.refresh()
@@ -433,7 +434,7 @@ class TicketList(Widget, can_focus=True):
         index = self.top + y - 1
         if index >= len(self.rows):
             if not self.rows and y == 1:
-                text = "loading…" if self.loading or not self.loaded else "no tickets match"
+                text = "loading…" if self.fetching_first or not self.loaded else "no tickets match"
                 return Strip([Segment("  " + fit(text, width - 2))])
             return Strip.blank(width, self.rich_style)
         return self._row(self.rows[index], index == self.cursor, width)
@@ -443,9 +444,15 @@ class TicketList(Widget, can_focus=True):
         sort, desc = self.query.sort, self.query.descending
         cells = ["  "]  # above the mark and unread columns
         for column, w in self._layout():
-            title = column.title + ((" ▼" if desc else " ▲") if column.key == sort else "")
-            cell = fit(title, w).rstrip().rjust(w) if column.key == "id" else fit(title, w)
-            cells.append(cell + " ")
+            cell = fit(column.title, w) + " "
+            if column.key == sort:  # a narrow column lends its separator to the arrow
+                arrow = "▼" if desc else "▲"
+                wide = f"{column.title} {arrow}"
+                title = wide if cell_len(wide) <= w else column.title[:w] + arrow
+                cell = set_cell_size(title, w + 1)
+            if column.key == "id":
+                cell = cell.rstrip().rjust(w) + " "
+            cells.append(cell)
         line = "".join(cells)
         line = set_cell_size(line, width) if cell_len(line) != width else line
         return Strip([Segment(line, style)])
@@ -481,7 +488,9 @@ class TicketList(Widget, can_focus=True):
         for column, w in self._layout():
             style = base
             if column.key == "prio" and t.priority in ("high", "urgent"):
-                style = base + self.get_component_rich_style(f"ticket-list--{t.priority}")
+                # Only the colour: the row's background (cursor, mark) stays across the cell.
+                accent = self.get_component_rich_style(f"ticket-list--{t.priority}")
+                style = base + Style(color=accent.color, bold=accent.bold)
             text = cells["id"].rjust(w)[-w:] if column.key == "id" else fit(cells[column.key], w)
             segments += [Segment(text, style), Segment(" ", base)]
         used = sum(cell_len(s.text) for s in segments)

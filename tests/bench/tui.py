@@ -167,12 +167,14 @@ async def drive(config_path: Path) -> dict[str, float]:
                 generation = lst.generation
                 screen.apply_filter(text)  # type: ignore[attr-defined]
                 await wait(
-                    lambda g=generation: lst.generation > g and lst.loaded and not lst.loading
+                    lambda g=generation: (
+                        lst.generation > g and lst.loaded and not lst.fetching_first
+                    )
                 )
                 await pilot.pause()
                 samples.append((time.perf_counter() - t0) * 1000)
                 screen.apply_filter("")  # type: ignore[attr-defined]
-                await wait(lambda: not lst.loading)
+                await wait(lambda: not lst.fetching_first)
             out[f"{name}_ms"] = round(statistics.median(samples), 1)
     ws.close()
     out["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,1 @@
+"""Tests of the terminal UI: flows driven with Textual's pilot, and snapshots."""
