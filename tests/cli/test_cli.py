@@ -151,7 +151,9 @@ def test_init_writes_config_and_database(installed: Installed) -> None:
     for sub in ("cur", "new", "tmp"):
         assert (installed.data / "Maildir" / sub).is_dir()
     with sqlite3.connect(db_file) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_HEAD,)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)
+        ]
         assert conn.execute("SELECT key FROM queues").fetchall() == [("help",)]
     assert not (installed.home / ".config").exists()  # nothing at the default location
 
