@@ -58,6 +58,10 @@ def normalise_url(url: str, password: str | None = None) -> URL:
     return parsed
 
 
+def _unicode_lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> Engine:
     if url.database and url.database != ":memory:":
         try:
@@ -81,6 +85,8 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> 
         cur.execute("PRAGMA temp_store = MEMORY")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
+        # SQLite's lower() folds ASCII only; filters on names use this for other letters.
+        dbapi_conn.create_function("deskq_lower", 1, _unicode_lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -191,14 +191,21 @@ def parse_query(text: str) -> Query:
 # --------------------------------------------------------------------------- to SQL
 
 
-def _person_match(column: Any, needle: str) -> ColumnElement[bool]:
+def _lower(column: Any, value: str, unicode_lower: bool) -> Any:
+    """lower(column), folding every letter: SQLite's own lower() folds ASCII only."""
+    if unicode_lower and not value.isascii():
+        return func.deskq_lower(column)  # registered on each SQLite connection (store.db)
+    return func.lower(column)
+
+
+def _person_match(column: Any, needle: str, unicode_lower: bool) -> ColumnElement[bool]:
     pattern = (
         "%" + needle.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     )
     people = select(Person.id).where(
         or_(
             Person.address.like(pattern, escape="\\"),
-            func.lower(Person.display_name).like(pattern, escape="\\"),
+            _lower(Person.display_name, needle, unicode_lower).like(pattern, escape="\\"),
         )
     )
     condition: ColumnElement[bool] = column.in_(people)
@@ -248,7 +255,9 @@ def _is_condition(value: str, me_id: int | None) -> ColumnElement[bool]:
     return func.coalesce(read.scalar_subquery(), 0) < Ticket.version
 
 
-def _value_condition(key: str, value: str, me_id: int | None, now: datetime) -> ColumnElement[bool]:
+def _value_condition(
+    key: str, value: str, me_id: int | None, now: datetime, unicode_lower: bool = False
+) -> ColumnElement[bool]:
     if key == "status":
         return Ticket.status == Status(value)
     if key == "prio":
@@ -260,17 +269,18 @@ def _value_condition(key: str, value: str, me_id: int | None, now: datetime) -> 
             return Ticket.assignee_id == me_id
         if value.lower() == "none":
             return Ticket.assignee_id.is_(None)
-        return _person_match(Ticket.assignee_id, value)
+        return _person_match(Ticket.assignee_id, value, unicode_lower)
     if key == "queue":
         return Ticket.queue_id.in_(select(Queue.id).where(func.lower(Queue.key) == value.lower()))
     if key == "from":
-        return _person_match(Ticket.requester_id, value)
+        return _person_match(Ticket.requester_id, value, unicode_lower)
     if key == "tag":
         return Ticket.id.in_(select(TicketTag.ticket_id).where(TicketTag.tag == value.lower()))
     if key == "category":
         if value.lower() == "none":
             return Ticket.category.is_(None)
-        return func.lower(Ticket.category) == value.lower()
+        same: ColumnElement[bool] = _lower(Ticket.category, value, unicode_lower) == value.lower()
+        return same
     if key == "is":
         return _is_condition(value, me_id)
     if key == "age":
@@ -334,9 +344,10 @@ def conditions(
     very common word may be matched ticket by ticket instead of all at once.
     """
     now = now or utcnow()
+    sqlite = session is not None and session.get_bind().dialect.name == "sqlite"
     result: list[ColumnElement[bool]] = []
     for term in query.terms:
-        alternatives = [_value_condition(term.key, v, me_id, now) for v in term.values]
+        alternatives = [_value_condition(term.key, v, me_id, now, sqlite) for v in term.values]
         cond = or_(*alternatives) if len(alternatives) > 1 else alternatives[0]
         # NOT (NULL = x) is NULL, not true: "-assignee:bob" must keep unassigned tickets.
         result.append(not_(func.coalesce(cond, false())) if term.negated else cond)

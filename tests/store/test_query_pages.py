@@ -957,16 +957,7 @@ def test_negation_keeps_tickets_where_the_field_is_empty(db: Database, text: str
     assert got == [a]
 
 
-def test_non_ascii_case_folding(db: Database, request: pytest.FixtureRequest) -> None:
-    if db.is_sqlite:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: on SQLite lower() and LIKE fold ASCII letters only while the "
-                "filter value is lower-cased in Python, so from:élodie misses 'Élodie "
-                "Dupont' and category:éclairage misses 'Éclairage' (PostgreSQL finds both)",
-            )
-        )
+def test_non_ascii_case_folding(db: Database) -> None:
     with db.write() as s:
         sync_queues(s, parse_settings(CONFIG))
         queue = s.scalars(select(Queue).where(Queue.key == "it")).one()
