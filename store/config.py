@@ -175,11 +175,13 @@ class QueueSettings:
 class SendingSettings:
     """``[sending]``: how replies leave."""
 
-    method: Literal["smtp", "command"] = doc(
-        "smtp, or command (a sendmail-compatible program reading the mail on stdin).",
+    method: Literal["smtp", "command", "folder"] = doc(
+        "smtp, command (a sendmail-compatible program reading the mail on stdin), or folder "
+        "(write .eml files: for trying deskq out).",
         default="smtp",
     )
     command: str | None = doc("method = command: e.g. msmtp -t or sendmail -t.", default=None)
+    folder: str | None = doc("method = folder: where the .eml files go.", default=None)
     host: str = doc("SMTP server host name.", default="localhost")
     port: int | None = doc(
         "SMTP port; default 465 for tls, 587 for starttls, 25 for none.", default=None
@@ -576,6 +578,13 @@ def _check(s: Settings, path: Path | str) -> None:
                 "sending.command",
                 "method = command needs a command.",
                 'add command = "msmtp -t" (or sendmail -t).',
+            )
+        if snd.method == "folder" and not snd.folder:
+            raise ConfigError(
+                path,
+                "sending.folder",
+                "method = folder needs a folder.",
+                'add folder = "~/deskq-outbox" (each email becomes a .eml file there).',
             )
         if snd.port is not None and not 0 < snd.port < 65536:
             raise ConfigError(
