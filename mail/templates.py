@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,30 @@ def first_name(value: Any) -> str:
     return text.split()[0]
 
 
+def relative_age(value: Any, now: datetime | None = None) -> str:
+    """A datetime as "3 days ago", "2 hours ago", "just now"."""
+    if not isinstance(value, datetime):
+        return str(value)
+    now = now or datetime.now(UTC)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    seconds = max((now - value).total_seconds(), 0)
+    for unit, size in (("year", 31_536_000), ("month", 2_592_000), ("week", 604_800),
+                       ("day", 86_400), ("hour", 3_600), ("minute", 60)):  # fmt: skip
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+def quote(value: Any) -> str:
+    """Text quoted for a reply: every line prefixed with "> "."""
+    lines = str(value or "").rstrip("\n").split("\n")
+    return "\n".join(
+        ">" + (" " + line if line and not line.startswith(">") else line) for line in lines
+    )
+
+
 def load(path: Path) -> Template:
     """Read one template file."""
     try:
@@ -105,6 +130,17 @@ def load(path: Path) -> Template:
     )
 
 
+def available(folders: list[Path] | None = None) -> list[Template]:
+    """Every template by name: a user folder's template overrides a shipped one."""
+    found: dict[str, Template] = {}
+    for folder in [SHIPPED, *reversed(folders or [])]:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.txt")):
+                template = load(path)
+                found[template.name] = template
+    return sorted(found.values(), key=lambda t: t.name)
+
+
 def find(name: str, folders: list[Path] | None = None) -> Template:
     """The template called ``name``: user folders first (in order), then the shipped ones."""
     for folder in [*(folders or []), SHIPPED]:
@@ -124,6 +160,8 @@ def render(template: Template, context: dict[str, Any]) -> str:
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
     env.filters["first_name"] = first_name
+    env.filters["age"] = relative_age
+    env.filters["quote"] = quote
     missing = [r for r in template.requires if r not in context]
     if missing:
         raise TemplateError(f"template {template.name!r} requires {', '.join(missing)}")

@@ -156,6 +156,10 @@ class QueueSettings:
         "If set, only senders from these domains open tickets; others are quarantined.",
         default=(),
     )
+    template_folders: tuple[str, ...] = doc(
+        "Reply template folders for this queue, searched before [templates] folders.",
+        default=(),
+    )
     auto_ack: bool = doc("Send an automatic acknowledgement for each new ticket.", default=False)
     auto_ack_template: str = doc("Template used for the acknowledgement.", default="acknowledge")
     auto_ack_per_hour: int = doc(
@@ -212,6 +216,15 @@ class SendingSettings:
 
 
 @dataclass(frozen=True)
+class TemplateSettings:
+    """``[templates]``: where reply templates come from."""
+
+    folders: tuple[str, ...] = doc(
+        "Folders of your own templates; they override and extend the shipped ones.", default=()
+    )
+
+
+@dataclass(frozen=True)
 class IngestSettings:
     """``[ingest]``: how mail becomes tickets."""
 
@@ -227,12 +240,17 @@ class Settings:
     """The whole config file."""
 
     me: str = doc("Your address: the provider using this terminal.", default="")
+    name: str = doc('Your name, as replies show it: "Alex via IT Help".', default="")
+    signature: str = doc("Your signature, added to your replies after the queue's.", default="")
     database: DatabaseSettings = doc("Where the queue lives.", default_factory=DatabaseSettings)
     mailbox: tuple[MailboxSettings, ...] = doc("Shared mailboxes to read.", default=())
     queue: tuple[QueueSettings, ...] = doc("Provider queues.", default=())
     ingest: IngestSettings = doc("How mail becomes tickets.", default_factory=IngestSettings)
     sending: SendingSettings | None = doc(
         "How replies are sent; unset: replies stay queued.", default=None
+    )
+    templates: TemplateSettings = doc(
+        "Reply templates of your own.", default_factory=TemplateSettings
     )
     path: Path | None = field(default=None, metadata={"internal": True})
 
@@ -606,6 +624,7 @@ def iter_reference() -> Iterator[tuple[str, str, str, str]]:
         ("queue", QueueSettings),
         ("ingest", IngestSettings),
         ("sending", SendingSettings),
+        ("templates", TemplateSettings),
     ]
     for prefix, cls in sections:
         hints = typing.get_type_hints(cls)

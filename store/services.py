@@ -531,3 +531,35 @@ def split(session: Session, ticket_id: int, version: int, actor: Person, message
     change.flush()
     session.flush()
     return new
+
+
+def record_reply(
+    session: Session,
+    ticket_id: int,
+    version: int | None,
+    actor: Person,
+    message: Message,
+    status: Status | None = None,
+    data: dict[str, Any] | None = None,
+) -> Ticket:
+    """Add our outgoing ``message`` to the ticket, with its event and the status it leads to.
+
+    Checked against ``version`` like every action: a reply composed before a new
+    message or another provider's change arrived is not sent on top of it.
+    """
+    change = _Change(session, ticket_id, version, actor)
+    if change.ticket.merged_into_id is not None:
+        raise ActionError(
+            f"ticket #{ticket_id} was merged into #{change.ticket.merged_into_id}; reply there."
+        )
+    message.ticket_id = ticket_id
+    message.author_id = actor.id
+    session.add(message)
+    session.flush()
+    kind = "note" if message.direction == Direction.NOTE else "reply"
+    change.event(kind, {"message": message.id, **(data or {})})
+    if status is not None:
+        change.set_status(status)
+    elif kind == "reply" and change.ticket.status == Status.NEW:
+        change.set_status(Status.OPEN)
+    return change.flush()

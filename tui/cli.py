@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from store.config import Settings
@@ -268,14 +268,42 @@ def cmd_poll(args: argparse.Namespace) -> int:
                         f"mailbox {st.name}: {st.stored} stored, {st.duplicates} already known",
                         file=sys.stderr,
                     )
+            if ws.settings.sending is not None:
+                from tui.cli_reply import send_now
+
+                for line in send_now(ws):
+                    print(f"outbox: {line}", file=sys.stderr)
             return EXIT_FAILURE if failed else EXIT_OK
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        sender = start_sender(ws, stop)
         run_forever(ws, stop, progress)
+        if sender is not None:
+            sender.join(timeout=10)
     finally:
         ws.close()
     return EXIT_OK
+
+
+def start_sender(ws: Workspace, stop: Any) -> Any:
+    """The outbox sender in a thread (None when no [sending] is configured)."""
+    import threading
+
+    from mail import sender
+
+    if ws.settings.sending is None:
+        logging.getLogger("mail.sender").info("no [sending] in the config: replies stay queued")
+        return None
+    settings = ws.settings.sending
+    thread = threading.Thread(
+        target=sender.run_sender,
+        args=(ws.db, lambda: sender.make_transport(settings), stop),
+        name="sender",
+        daemon=True,
+    )
+    thread.start()
+    return thread
 
 
 def _poll_logging(debug: bool) -> None:
@@ -448,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
+
+    from tui.cli_reply import add_commands
+
+    add_commands(sub)
 
     p = sub.add_parser("show", help="show one ticket")
     p.add_argument("id", type=int, metavar="ID", help="ticket number")

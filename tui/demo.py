@@ -34,11 +34,14 @@ def demo_config(root: Path) -> str:
     )
     db = toml_string(str(root / "deskq.db"))
     maildir = toml_string(str(root / "Maildir"))
+    outbox = toml_string(str(root / "outbox"))
     return (
         "# deskq demo workspace: throwaway, safe to delete.\n"
-        f'me = "{DEMO_ME}"\n\n[database]\nurl = "sqlite:///{db}"\n\n'
+        f'me = "{DEMO_ME}"\nname = "Alex Provider"\n\n[database]\nurl = "sqlite:///{db}"\n\n'
         f'[[mailbox]]\nname = "demo"\nsource = "maildir"\npath = "{maildir}"\n'
-        'default_queue = "it"\npoll_interval = 5\n' + queues
+        'default_queue = "it"\npoll_interval = 5\n'
+        f"\n# Replies are written as .eml files here instead of being sent.\n"
+        f'[sending]\nmethod = "folder"\nfolder = "{outbox}"\n' + queues
     )
 
 
