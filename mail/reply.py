@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from mail import compose as mailcompose
 from mail import templates
+from mail.quotes import own_text
 from store import outbox, services
 from store.config import Settings
 from store.models import Direction, Message, Person, Queue, Status, Ticket, utcnow
@@ -136,8 +137,13 @@ def compose(
     template: str | None = None,
     body: str | None = None,
     variables: dict[str, Any] | None = None,
+    quote: bool = True,
+    allow_empty: bool = False,
 ) -> Draft:
-    """Render ``template`` (or take ``body``) into a draft reply to the ticket's requester."""
+    """Render ``template`` (or take ``body``) into a draft reply to the ticket's requester.
+
+    With ``quote`` the answered message follows the text, quoted, before the signature.
+    """
     ticket = session.get(Ticket, ticket_id)
     if ticket is None:
         raise services.NotFoundError(f"there is no ticket #{ticket_id}")
@@ -157,10 +163,16 @@ def compose(
         status_after = tpl.status_after or None
     else:
         text = body or ""
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise services.ActionError("a reply needs some text")
-    text = wrap(text.rstrip()) + "\n\n" + signature(settings, queue, ctx["provider"]["name"]) + "\n"
     answered = _answered(session, ticket.id)
+    text = wrap(text.rstrip()) + "\n\n"
+    if quote and answered is not None and answered.text_body.strip():
+        when = f"{answered.date:%a %d %b %Y %H:%M}" if answered.date else "earlier"
+        text += f"On {when}, {answered.from_addr} wrote:\n"
+        text += templates.quote(own_text(answered.text_body)) + "\n\n"
+    text += signature(settings, queue, ctx["provider"]["name"]) + "\n"
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # mail bodies may carry CRLF
     requester = session.get_one(Person, ticket.requester_id)
     to = ((requester.display_name, requester.address),)
     references = mailcompose.chain_references(

@@ -82,13 +82,17 @@ class DeskqApp(App[None]):
         self._start_live()
         if self.tune_gc:
             self.call_after_refresh(_tune_gc)
-        if self.poll and self.ws.settings.mailbox:
+        if self.poll and (self.ws.settings.mailbox or self.ws.settings.sending):
             self._handler = NoticeHandler(self)
             logging.getLogger("mail").addHandler(self._handler)
-            self._run_poller()
+            if self.ws.settings.mailbox:
+                self._run_poller()
+            if self.ws.settings.sending is not None:
+                self._run_sender()
 
     def on_unmount(self) -> None:
         self.stop_event.set()
+        self.desk.wake_sender.set()
         if self._handler is not None:
             logging.getLogger("mail").removeHandler(self._handler)
 
@@ -99,6 +103,19 @@ class DeskqApp(App[None]):
         from mail.poller import run_forever
 
         run_forever(self.ws, self.stop_event)
+
+    @work(thread=True, group="sender", exclusive=True, exit_on_error=False)
+    def _run_sender(self) -> None:
+        from mail import sender
+
+        settings = self.ws.settings.sending
+        assert settings is not None
+        sender.run_sender(
+            self.ws.db,
+            lambda: sender.make_transport(settings),
+            self.stop_event,
+            wake=self.desk.wake_sender,
+        )
 
     def _start_live(self) -> None:
         self.set_interval(self.live_interval, self.check_changes, name="live")
@@ -174,6 +191,7 @@ PALETTE = (
     ("save_view", "Save view (S)", "save the current filter as a named view"),
     ("delete_view", "Delete view (D)", "delete the saved view shown"),
     ("reload", "Reload (ctrl+l)", "read the queue again"),
+    ("reply", "Reply (r)", "answer with a template, edit, send"),
     ("unread", "Mark unread (U)", "show the ticket as unseen"),
     ("attachments", "Attachments (A)", "save or open an attachment"),
     ("links", "Linked tickets (L)", "go to a linked ticket"),

@@ -75,6 +75,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                     template=args.template,
                     body=text,
                     variables=variables,
+                    quote=not args.no_quote,
                 )
             except templates.TemplateError as exc:
                 hint = " (give values with --set NAME=VALUE)" if " requires " in str(exc) else ""
@@ -247,6 +248,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--template", metavar="NAME", help="a template (see 'deskq templates list')")
     p.add_argument("--text", metavar="TEXT", help="the reply's text instead ('-': stdin)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a template variable")
+    p.add_argument("--no-quote", action="store_true", help="leave out the answered message")
     p.add_argument("--note", action="store_true", help="add it as an internal note, send nothing")
     p.add_argument("--send", action="store_true", help="deliver now instead of by the sender")
     p.add_argument("--dry-run", action="store_true", help="print the rendered reply, queue nothing")

@@ -106,7 +106,10 @@ class Desk:
     """One provider's view of a workspace (``me`` may be unset: read-only)."""
 
     def __init__(self, ws: Workspace) -> None:
+        import threading
+
         self.ws = ws
+        self.wake_sender = threading.Event()  # set after queueing: the sender goes at once
         self.me = ws.settings.me.strip().lower()
         with ws.db.session() as session:
             self.me_id = pages.person_id(session, self.me) if self.me else None
@@ -234,6 +237,54 @@ class Desk:
             return False
         with self.ws.db.write() as s:
             return pages.delete_view(s, self.me_id, name)
+
+    # ------------------------------------------------------------------ replying
+
+    def templates_for(self, ticket_id: int) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(name, description, required variables) of the templates usable on the ticket."""
+        from mail import reply, templates
+        from store.models import Queue, Ticket
+
+        with self.ws.db.session() as s:
+            ticket = s.get_one(Ticket, ticket_id)
+            key = s.get_one(Queue, ticket.queue_id).key
+        found = templates.available(reply.template_folders(self.ws.settings, key))
+        return [
+            (t.name, t.description, t.requires) for t in found if not t.queues or key in t.queues
+        ]
+
+    def compose(
+        self, ticket_id: int, template: str | None, variables: dict[str, str], body: str = ""
+    ) -> Any:
+        """A rendered draft reply (mail.reply.Draft); TemplateError names what is wrong."""
+        from mail import reply
+
+        with self.ws.db.session() as s:
+            me = pages.person_id(s, self.me) if self.me else None
+            actor = s.get(Person, me) if me else None
+            return reply.compose(
+                s,
+                self.ws.settings,
+                ticket_id,
+                actor,
+                template=template,
+                body=body or None,
+                variables=variables,
+                allow_empty=template is None,
+            )
+
+    def send_reply(self, draft: Any) -> None:
+        """Queue the reply (ConflictError if the ticket moved on since ``draft.version``)."""
+        from mail import reply
+
+        if not self.me:
+            raise services.ActionError('set me = "your address" in the config to reply')
+        with self.ws.db.write() as s:
+            me = services.get_or_create_person(s, self.me, self.ws.settings.name, provider=True)
+            reply.queue(s, self.ws.settings, draft, me)
+            s.flush()
+            pages.mark_read(s, me.id, draft.ticket_id, services.current_version(s, draft.ticket_id))
+        self.wake_sender.set()
 
     # ------------------------------------------------------------------ acting
 

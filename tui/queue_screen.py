@@ -63,6 +63,7 @@ QUEUE_KEYS = (
     ("[ ]  1-9", "previous / next view; jump to a view"),
     ("o", "sort by a column (or click its title)"),
     ("S  D", "save the filter as a view; delete the saved view"),
+    ("r", "reply (template, edit, send)"),
     ("U", "mark the ticket unread"),
     ("ctrl+l", "reload"),
     ("? q", "this help; quit"),
@@ -83,6 +84,7 @@ class QueueScreen(Screen[None]):
         Binding("S", "save_view", "Save view", show=False),
         Binding("D", "delete_view", "Delete view", show=False),
         Binding("U", "unread", "Unread", show=False),
+        Binding("r", "reply", "Reply"),
         Binding("ctrl+l", "reload", "Reload", show=False),
         *[
             Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in "cas")
@@ -289,6 +291,17 @@ class QueueScreen(Screen[None]):
         if outcome and (outcome.done or outcome.created):
             self.tickets.marked.clear()
             await self.refresh_tickets(set(outcome.done) | set(outcome.created))
+
+    @work(group="reply", exclusive=True, exit_on_error=False)
+    async def action_reply(self) -> None:
+        from tui.compose_screen import start_reply
+
+        current = self.tickets.current
+        if current is None:
+            notice(self.app, "no ticket selected", "warning")
+            return
+        if await start_reply(self, self.desk, current.id):
+            await self.refresh_tickets({current.id})
 
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:

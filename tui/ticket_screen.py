@@ -35,6 +35,7 @@ TICKET_KEYS = (
     ("e", "show / hide the event history"),
     ("A", "attachments: save or open"),
     ("L", "go to a linked ticket"),
+    ("r", "reply (template, edit, send)"),
     ("U", "mark unread and go back"),
     ("q escape", "back to the queue"),
 )
@@ -83,6 +84,7 @@ class TicketScreen(Screen[dict[int, int]]):
         Binding("A", "attachments", "Attachments", show=False),
         Binding("L", "links", "Links", show=False),
         Binding("U", "unread", "Unread", show=False),
+        Binding("r", "reply", "Reply"),
         *[
             Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in "cn")
             for a in TRIAGE
@@ -239,6 +241,13 @@ class TicketScreen(Screen[dict[int, int]]):
     def action_help(self) -> None:
         triage = [(a.key, f"{a.title} {a.help}") for a in TRIAGE]
         self.app.push_screen(HelpScreen([("Ticket", TICKET_KEYS), ("Triage", triage)]))
+
+    @work(group="reply", exclusive=True, exit_on_error=False)
+    async def action_reply(self) -> None:
+        from tui.compose_screen import start_reply
+
+        if await start_reply(self, self.desk, self.ticket_id):
+            self.load()
 
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:
