@@ -1,0 +1,89 @@
+"""Our replies thread: end to end through a real SMTP server and a real Dovecot.
+
+A requester writes in (Dovecot, the poller), a provider replies (deskq reply, the
+sender, aiosmtpd with STARTTLS and AUTH). Our reply, read back by the poller, is
+recognised as ours and never opens a ticket; the requester's answer to it joins the
+same ticket whether it carries only In-Reply-To or only the subject tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mail import reply, sender
+from store import services
+from store.workspace import Workspace
+from tests.integration.test_imap_ingest import (
+    Account,
+    config_toml,
+    detail,
+    email,
+    new_id,
+    outcomes_of,
+)
+from tests.smtp_server import PASSWORD, SmtpServer
+
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture
+def smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    monkeypatch.setenv("DESKQ_TEST_SMTP_PASSWORD", PASSWORD)
+    server = SmtpServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_reply_round_trip_threads_everywhere(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    smtp: SmtpServer,
+) -> None:
+    acct = account()
+    text = 'me = "alex@corp.example"\nname = "Alex"\n' + config_toml(
+        sqlite_url, acct.mailbox_toml()
+    )
+    ws = workspaces(text + smtp.sending_toml())
+    first_id = new_id("ask")
+    acct.append(email("Laptop fan is loud", message_id=first_id))
+    [arrived] = outcomes_of(ws)
+    [tid] = arrived.tickets
+
+    with ws.db.write() as s:
+        me = services.get_or_create_person(s, "alex@corp.example", "Alex", provider=True)
+        draft = reply.compose(
+            s, ws.settings, tid, me, template="need-info", variables={"question": "Which model?"}
+        )
+        ours = reply.queue(s, ws.settings, draft, me)
+        our_id = ours.message_id
+    assert sender.send_due(ws.db, sender.make_transport(ws.settings.sending)).sent
+    [delivered] = smtp.received
+    assert delivered.message["Message-ID"] == our_id
+    assert delivered.message["In-Reply-To"] == first_id
+    assert first_id in delivered.message["References"]
+    assert f"[IT #{tid}]" in delivered.message["Subject"]
+    assert delivered.message["From"] == f"Alex via IT Help <{ws.settings.queue[0].address}>"
+
+    # our own reply comes back (Cc to the alias, a Sent folder being polled...): no ticket
+    acct.append(delivered.data)
+    [echo] = outcomes_of(ws)
+    assert echo.disposition == "own-mail" and echo.tickets == ()
+    mine = [m for m in detail(ws, tid).messages if m.direction == "outbound"]
+    assert [m.message_id for m in mine] == [our_id]
+
+    # the requester answers with only In-Reply-To (a client that drops References)
+    acct.append(
+        email("Re: Laptop fan is loud", message_id=new_id("a1"), headers=[f"In-Reply-To: {our_id}"])
+    )
+    [answer] = outcomes_of(ws)
+    assert answer.disposition == "threaded" and answer.tickets == (tid,)
+
+    # ... and with only the subject tag (no threading headers at all)
+    acct.append(email(f"Re: [IT #{tid}] Laptop fan is loud", message_id=new_id("a2")))
+    [tagged] = outcomes_of(ws)
+    assert tagged.disposition == "threaded" and tagged.tickets == (tid,)
+    assert len([m for m in detail(ws, tid).messages if m.direction == "inbound"]) == 3
