@@ -70,7 +70,10 @@ class DeskqApp(App[None]):
         self.tune_gc = tune_gc
         self.stop_event = threading.Event()
         self.cursor: int | None = None
-        self.gaps: dict[int, float] = {}  # event ids not visible yet -> when first missed
+        self.gaps: dict[int, float] = {}
+        self.outbox_failed: int | None = (
+            None  # emails that failed for good  # event ids not visible yet -> when first missed
+        )
         self._handler: NoticeHandler | None = None
 
     def on_mount(self) -> None:
@@ -128,6 +131,9 @@ class DeskqApp(App[None]):
     def _look_for_changes(self) -> None:
         if self.cursor is None:
             return
+        if self.outbox_failed is None:
+            self.outbox_failed = self.desk.outbox_failed()
+            self.call_from_thread(self._outbox_changed)
         now = time.monotonic()
         # A gap older than a minute was a rolled-back transaction, not a late commit.
         self.gaps = {g: t for g, t in self.gaps.items() if now - t < GAP_PATIENCE}
@@ -136,8 +142,18 @@ class DeskqApp(App[None]):
         if changes.cursor == self.cursor and not changes.touched:
             return
         self.cursor = changes.cursor
+        failed = self.desk.outbox_failed()
+        if failed != self.outbox_failed:
+            self.outbox_failed = failed
+            self.call_from_thread(self._outbox_changed)
         fresh = self.desk.rows(Query(), changes.created) if changes.created else {}
         self.call_from_thread(self._changed, changes, [r for r in fresh.values() if r])
+
+    def _outbox_changed(self) -> None:
+        for screen in self.screen_stack:
+            update = getattr(screen, "outbox_changed", None)
+            if update is not None:
+                update(self.outbox_failed or 0)
 
     def _changed(self, changes: Changes, created: list) -> None:  # type: ignore[type-arg]
         for screen in self.screen_stack:
@@ -192,6 +208,7 @@ PALETTE = (
     ("delete_view", "Delete view (D)", "delete the saved view shown"),
     ("reload", "Reload (ctrl+l)", "read the queue again"),
     ("reply", "Reply (r)", "answer with a template, edit, send"),
+    ("outbox", "Outbox (O)", "queued and failed mail; retry"),
     ("unread", "Mark unread (U)", "show the ticket as unseen"),
     ("attachments", "Attachments (A)", "save or open an attachment"),
     ("links", "Linked tickets (L)", "go to a linked ticket"),

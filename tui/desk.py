@@ -286,6 +286,46 @@ class Desk:
             pages.mark_read(s, me.id, draft.ticket_id, services.current_version(s, draft.ticket_id))
         self.wake_sender.set()
 
+    def outbox(self, with_sent: bool = False, limit: int = 500) -> list[dict[str, Any]]:
+        """Outgoing mail, newest first: what waits or failed (and the last sent, if asked)."""
+        from sqlalchemy import select
+
+        from store.models import OutboxItem, OutboxState
+
+        with self.ws.db.session() as s:
+            stmt = select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit)
+            if not with_sent:
+                stmt = stmt.where(OutboxItem.state != OutboxState.SENT)
+            return [
+                {
+                    "id": i.id,
+                    "ticket": i.ticket_id,
+                    "state": i.state.value,
+                    "kind": i.kind,
+                    "attempts": i.attempts,
+                    "to": i.recipients,
+                    "last_error": i.last_error,
+                }
+                for i in s.scalars(stmt)
+            ]
+
+    def outbox_failed(self) -> int:
+        """How many emails failed for good (shown on the queue's status line)."""
+        from sqlalchemy import func, select
+
+        from store.models import OutboxItem, OutboxState
+
+        with self.ws.db.session() as s:
+            stmt = select(func.count()).where(OutboxItem.state == OutboxState.FAILED)
+            return int(s.scalar(stmt) or 0)
+
+    def retry_outbox(self, outbox_id: int) -> None:
+        """Queue a failed item again, due now, and wake the sender."""
+        from mail import sender
+
+        sender.retry(self.ws.db, outbox_id)
+        self.wake_sender.set()
+
     # ------------------------------------------------------------------ acting
 
     def apply(self, action: str, targets: Iterable[Target], value: Any = None) -> Outcome:

@@ -65,6 +65,7 @@ QUEUE_KEYS = (
     ("S  D", "save the filter as a view; delete the saved view"),
     ("r", "reply (template, edit, send)"),
     ("U", "mark the ticket unread"),
+    ("O", "the outbox: queued and failed mail, retry"),
     ("ctrl+l", "reload"),
     ("? q", "this help; quit"),
 )
@@ -85,6 +86,7 @@ class QueueScreen(Screen[None]):
         Binding("D", "delete_view", "Delete view", show=False),
         Binding("U", "unread", "Unread", show=False),
         Binding("r", "reply", "Reply"),
+        Binding("O", "outbox", "Outbox", show=False),
         Binding("ctrl+l", "reload", "Reload", show=False),
         *[
             Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in "cas")
@@ -100,6 +102,7 @@ class QueueScreen(Screen[None]):
         self.views = builtin_views(settings)
         self.view_index = 0
         self.query_text = ""
+        self.failed_mail = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="view-bar")
@@ -303,6 +306,11 @@ class QueueScreen(Screen[None]):
         if await start_reply(self, self.desk, current.id):
             await self.refresh_tickets({current.id})
 
+    def action_outbox(self) -> None:
+        from tui.outbox_screen import OutboxScreen
+
+        self.app.push_screen(OutboxScreen(self.desk))
+
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:
         targets = self.tickets.targets()
@@ -350,10 +358,17 @@ class QueueScreen(Screen[None]):
         if changes.created:
             lst._fetch_count(lst.generation, lst.query)
 
+    def outbox_changed(self, failed: int) -> None:
+        """The app's count of emails that failed for good: shown until dealt with."""
+        self.failed_mail = failed
+        self._update_status()
+
     @on(TicketList.Moved)
     def _update_status(self) -> None:
         lst = self.tickets
         parts = []
+        if self.failed_mail:
+            parts.append(f"⚠ {self.failed_mail} email(s) not sent: O opens the outbox")
         if lst.total is not None:
             pos = lst.position
             where = (

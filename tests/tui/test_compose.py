@@ -166,3 +166,28 @@ async def test_queued_reply_is_delivered_by_the_sender_and_counts_as_first_respo
         assert s.scalar(
             select(Message.id).where(Message.ticket_id == tid, Message.text_body.like("Done.%"))
         )
+
+
+async def test_a_failed_email_shows_and_is_retried_from_the_outbox_screen(demo_ws: Demo) -> None:
+    from tui.outbox_screen import OutboxScreen
+
+    tid = open_ticket_id(demo_ws)
+    async with running(demo_ws) as ui:
+        await ui.goto(tid)
+        await _compose(ui, "")
+        ui.app.screen.query_one("#compose-body", TextArea).load_text("Try this.")
+        await ui.press("ctrl+s")
+        await ui.wait(lambda: not isinstance(ui.app.screen, ComposeScreen), "queued")
+        (claimed,) = sender.claim(demo_ws.ws.db)
+        sender.mark_failed(demo_ws.ws.db, claimed, sender.PermanentFailure("550 no such user"))
+        await ui.wait(lambda: "not sent" in ui.status_line(), "the failure on the status line")
+        await ui.press("O")
+        screen = await ui.screen(OutboxScreen)
+        await ui.wait(lambda: bool(screen.items), "the outbox rows")
+        assert screen.items[0]["state"] == "failed" and "550" in screen.items[0]["last_error"]
+        await ui.press("r")
+        await ui.wait(lambda: screen.items and screen.items[0]["state"] == "queued", "queued again")
+        await ui.press("q")
+        await ui.settle()
+    (item,) = outbox(demo_ws)
+    assert item.state == OutboxState.QUEUED
