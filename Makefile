@@ -29,6 +29,7 @@ lint: setup  ## ruff, formatting, mypy on mail/ and store/, the layering contrac
 bench: setup  ## benchmarks under tests/bench (each prints one JSON line)
 	$(BIN)/python tests/bench/ingest.py
 	$(BIN)/python tests/bench/tui.py
+	$(BIN)/python tests/bench/reply.py
 
 clean:
 	rm -rf $(VENV) demo-workspace .pytest_cache .mypy_cache .ruff_cache
