@@ -435,3 +435,19 @@ def connected(source: ImapSource) -> Iterator[ImapSource]:
         yield source
     finally:
         source.close()
+
+
+def append_copy(mailbox: MailboxSettings, settings: Settings, folder: str, raw: bytes) -> None:
+    """Keep a copy of ``raw`` in ``folder`` of ``mailbox`` (created if missing), marked read."""
+    source = ImapSource(mailbox, settings, None)  # type: ignore[arg-type]  # no ingestion
+    client = source.connect()
+    try:
+        if not client.folder_exists(folder):
+            client.create_folder(folder)
+        client.append(folder, raw, flags=[b"\\Seen"])
+    except IMAPClientError as exc:
+        raise ImapError(
+            f"mailbox {mailbox.name!r}: cannot keep a copy in {folder!r}: {exc}"
+        ) from None
+    finally:
+        _close(client)

@@ -27,7 +27,7 @@ from typing import Protocol
 from sqlalchemy import select
 
 from store import services
-from store.config import SendingSettings
+from store.config import SendingSettings, Settings
 from store.db import Database
 from store.models import OutboxItem, OutboxState, Ticket, utcnow
 from store.secrets import resolve_password
@@ -294,8 +294,13 @@ def mark_failed(db: Database, item: Claimed, error: Exception, now: datetime | N
     return not permanent
 
 
-def send_due(db: Database, transport: Transport, limit: int = 50) -> SendReport:
-    """One pass: claim what is due and deliver it."""
+def send_due(
+    db: Database,
+    transport: Transport,
+    limit: int = 50,
+    after_sent: Callable[[Claimed], None] | None = None,
+) -> SendReport:
+    """One pass: claim what is due and deliver it (``after_sent``: e.g. the Sent copy)."""
     report = SendReport()
     try:
         for item in claim(db, limit):
@@ -307,6 +312,8 @@ def send_due(db: Database, transport: Transport, limit: int = 50) -> SendReport:
                 continue
             mark_sent(db, item)
             report.sent.append(item.id)
+            if after_sent is not None:
+                after_sent(item)
     finally:
         transport.close()
     return report
@@ -323,18 +330,48 @@ def retry(db: Database, outbox_id: int) -> None:
         row.state, row.next_attempt_at = OutboxState.QUEUED, utcnow()
 
 
+def sent_copier(settings: Settings, db: Database) -> Callable[[Claimed], None] | None:
+    """The hook that keeps a copy of each sent email in IMAP, if ``[sending]`` asks for one.
+
+    A copy that cannot be made is logged and noted on the ticket; the email itself
+    was delivered, so it is not sent again.
+    """
+    sending = settings.sending
+    if sending is None or sending.sent_mailbox is None:
+        return None
+    mailbox = next(m for m in settings.mailbox if m.name == sending.sent_mailbox)
+    folder = sending.sent_folder
+
+    def copy(item: Claimed) -> None:
+        from mail.imap import ImapError, append_copy
+        from store.secrets import SecretError
+
+        try:
+            append_copy(mailbox, settings, folder, item.raw)
+        except (ImapError, SecretError, OSError) as exc:
+            log.warning("outbox #%s: sent, but no copy in %s: %s", item.id, folder, exc)
+            with db.write() as s:
+                ticket = s.get(Ticket, item.ticket_id) if item.ticket_id else None
+                if ticket is not None:
+                    data = {"outbox": item.id, "error": str(exc)[:500]}
+                    services.record_event(s, ticket, "sent-copy-failed", None, data)
+
+    return copy
+
+
 def run_sender(
     db: Database,
     make: Callable[[], Transport],
     stop: threading.Event,
     interval: float = 5.0,
     wake: threading.Event | None = None,
+    after_sent: Callable[[Claimed], None] | None = None,
 ) -> None:
     """Deliver the outbox until ``stop`` is set (every ``interval`` s, or when woken)."""
     wake = wake or threading.Event()
     while not stop.is_set():
         try:
-            send_due(db, make())
+            send_due(db, make(), after_sent=after_sent)
         except Exception:  # the loop must survive anything: reported, retried next pass
             log.exception("sender pass failed")
         wake.wait(interval)

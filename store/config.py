@@ -186,6 +186,11 @@ class SendingSettings:
     )
     command: str | None = doc("method = command: e.g. msmtp -t or sendmail -t.", default=None)
     folder: str | None = doc("method = folder: where the .eml files go.", default=None)
+    sent_mailbox: str | None = doc(
+        "Name of an IMAP [[mailbox]] to keep a copy of each sent email in; unset: no copy.",
+        default=None,
+    )
+    sent_folder: str = doc("The folder of sent_mailbox the copies go to.", default="Sent")
     host: str = doc("SMTP server host name.", default="localhost")
     port: int | None = doc(
         "SMTP port; default 465 for tls, 587 for starttls, 25 for none.", default=None
@@ -604,6 +609,15 @@ def _check(s: Settings, path: Path | str) -> None:
                 "method = folder needs a folder.",
                 'add folder = "~/deskq-outbox" (each email becomes a .eml file there).',
             )
+        if snd.sent_mailbox is not None:
+            imap = [m.name for m in s.mailbox if m.source == "imap"]
+            if snd.sent_mailbox not in imap:
+                raise ConfigError(
+                    path,
+                    "sending.sent_mailbox",
+                    f"{snd.sent_mailbox!r} is not the name of an IMAP [[mailbox]].",
+                    f"use one of: {', '.join(imap) or '(none configured)'}, or remove it.",
+                )
         if snd.port is not None and not 0 < snd.port < 65536:
             raise ConfigError(
                 path, "sending.port", f"{snd.port} is not a TCP port.", "use 1-65535, e.g. 587."

@@ -118,6 +118,7 @@ class DeskqApp(App[None]):
             lambda: sender.make_transport(settings),
             self.stop_event,
             wake=self.desk.wake_sender,
+            after_sent=sender.sent_copier(self.ws.settings, self.ws.db),
         )
 
     def _start_live(self) -> None:

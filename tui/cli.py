@@ -299,6 +299,7 @@ def start_sender(ws: Workspace, stop: Any) -> Any:
     thread = threading.Thread(
         target=sender.run_sender,
         args=(ws.db, lambda: sender.make_transport(settings), stop),
+        kwargs={"after_sent": sender.sent_copier(ws.settings, ws.db)},
         name="sender",
         daemon=True,
     )

@@ -43,7 +43,11 @@ def send_now(ws: Workspace) -> list[str]:
 
     if ws.settings.sending is None:
         return ["no [sending] in the config: the reply stays queued until one is set"]
-    report = sender.send_due(ws.db, sender.make_transport(ws.settings.sending))
+    report = sender.send_due(
+        ws.db,
+        sender.make_transport(ws.settings.sending),
+        after_sent=sender.sent_copier(ws.settings, ws.db),
+    )
     problems = []
     with ws.db.session() as s:
         for oid in report.retrying + report.failed:

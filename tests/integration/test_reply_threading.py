@@ -87,3 +87,34 @@ def test_reply_round_trip_threads_everywhere(
     [tagged] = outcomes_of(ws)
     assert tagged.disposition == "threaded" and tagged.tickets == (tid,)
     assert len([m for m in detail(ws, tid).messages if m.direction == "inbound"]) == 3
+
+
+def test_a_copy_of_each_sent_reply_lands_in_the_sent_folder(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    smtp: SmtpServer,
+) -> None:
+    acct = account()
+    text = 'me = "alex@corp.example"\n' + config_toml(sqlite_url, acct.mailbox_toml())
+    sending = smtp.sending_toml() + 'sent_mailbox = "helpdesk"\nsent_folder = "Sent"\n'
+    ws = workspaces(text + sending)
+    acct.append(email("Monitor flickers", message_id=new_id("ask")))
+    [arrived] = outcomes_of(ws)
+    [tid] = arrived.tickets
+    with ws.db.write() as s:
+        me = services.get_or_create_person(s, "alex@corp.example", provider=True)
+        draft = reply.compose(s, ws.settings, tid, me, body="Swap the cable, please.")
+        our_id = reply.queue(s, ws.settings, draft, me).message_id
+    assert ws.settings.sending is not None
+    report = sender.send_due(
+        ws.db,
+        sender.make_transport(ws.settings.sending),
+        after_sent=sender.sent_copier(ws.settings, ws.db),
+    )
+    assert len(report.sent) == 1 and len(smtp.received) == 1
+    assert acct.count("Sent") == 1 and acct.seen("Sent")
+    with acct.client() as client:
+        client.select_folder("Sent", readonly=True)
+        [(_uid, data)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
+    assert our_id.encode() in data[b"BODY[]"]

@@ -379,6 +379,15 @@ def test_sending_command_needs_a_command() -> None:
     assert_names(config_error('[sending]\nmethod = "command"\n'), "sending.command", "msmtp")
 
 
+def test_sending_folder_needs_a_folder() -> None:
+    assert_names(config_error('[sending]\nmethod = "folder"\n'), "sending.folder", "folder =")
+
+
+def test_sent_copy_needs_an_imap_mailbox() -> None:
+    err = config_error('[sending]\nsecurity = "none"\nsent_mailbox = "nope"\n')
+    assert_names(err, "sending.sent_mailbox", "'nope'", "IMAP [[mailbox]]")
+
+
 def test_two_password_sources() -> None:
     err = config_error(imap('password_env = "X"\npassword_command = "pass show helpdesk"'))
     assert_names(
