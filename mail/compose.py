@@ -58,8 +58,9 @@ def build(
     references: Sequence[str] = (),
     cc: Sequence[tuple[str, str]] = (),
     automatic: bool = False,
+    attachments: Sequence[tuple[str, str, bytes]] = (),
 ) -> EmailMessage:
-    """A plain-text UTF-8 email from a queue, marked as deskq's own for loop detection."""
+    """A plain-text UTF-8 email from a queue (optionally with files), marked as deskq's own."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((from_name, from_addr))
     msg["Reply-To"] = from_addr
@@ -79,4 +80,9 @@ def build(
         msg["Precedence"] = "bulk"
     msg[OWN_HEADER] = str(ticket_id)
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
+    for filename, media_type, data in attachments:
+        maintype, _, subtype = media_type.partition("/")
+        msg.add_attachment(
+            data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename
+        )
     return msg

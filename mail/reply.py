@@ -8,7 +8,10 @@ on. The sender (:mod:`mail.sender`) delivers it after the commit.
 
 from __future__ import annotations
 
+import hashlib
+import mimetypes
 import textwrap
+import zlib
 from dataclasses import dataclass, field
 from email.utils import formataddr, getaddresses
 from pathlib import Path
@@ -22,7 +25,17 @@ from mail import templates
 from mail.quotes import own_text
 from store import outbox, services
 from store.config import Settings
-from store.models import Direction, Message, Person, Queue, Status, Ticket, utcnow
+from store.models import (
+    Attachment,
+    Blob,
+    Direction,
+    Message,
+    Person,
+    Queue,
+    Status,
+    Ticket,
+    utcnow,
+)
 
 WRAP = 72
 
@@ -42,6 +55,7 @@ class Draft:
     status_after: str | None = None
     template: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    attachments: tuple[str, ...] = ()  # paths of files to send along
 
 
 def template_folders(settings: Settings, queue_key: str) -> list[Path]:
@@ -202,8 +216,48 @@ def parse_addresses(text: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
+MAX_ATTACHMENTS_BYTES = 25 * 1024 * 1024
+
+
+def read_attachments(paths: tuple[str, ...]) -> list[tuple[str, str, bytes]]:
+    """(file name, media type, bytes) of each file; ActionError naming a file that fails."""
+    found, total = [], 0
+    for raw_path in paths:
+        path = Path(raw_path).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise services.ActionError(f"cannot attach {path}: {exc.strerror}") from None
+        total += len(data)
+        if total > MAX_ATTACHMENTS_BYTES:
+            raise services.ActionError("attachments over 25 MB: most mail servers refuse that")
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        found.append((path.name, media_type, data))
+    return found
+
+
+def _store_attachments(session: Session, row: Message, files: list[tuple[str, str, bytes]]) -> None:
+    for filename, media_type, data in files:
+        digest = hashlib.sha256(data).hexdigest()
+        if session.get(Blob, digest) is None:
+            session.add(
+                Blob(sha256=digest, size=len(data), compression="zlib", data=zlib.compress(data))
+            )
+            session.flush()
+        session.add(
+            Attachment(
+                message_id=row.id,
+                filename=filename,
+                media_type=media_type,
+                size=len(data),
+                sha256=digest,
+            )
+        )
+
+
 def queue(session: Session, settings: Settings, draft: Draft, actor: Person) -> Message:
     """Store the reply and queue its email, atomically with its event and status change."""
+    files = read_attachments(draft.attachments)
     ticket = session.get_one(Ticket, draft.ticket_id)
     queue_row = session.get_one(Queue, ticket.queue_id)
     now = utcnow()
@@ -221,6 +275,7 @@ def queue(session: Session, settings: Settings, draft: Draft, actor: Person) -> 
         date=now,
         in_reply_to=draft.in_reply_to,
         references=list(draft.references),
+        attachments=files,
     )
     row = Message(
         direction=Direction.OUTBOUND,
@@ -238,6 +293,7 @@ def queue(session: Session, settings: Settings, draft: Draft, actor: Person) -> 
     status = Status(draft.status_after) if draft.status_after else None
     data = {"to": [a for _, a in draft.to], "template": draft.template}
     services.record_reply(session, ticket.id, draft.version, actor, row, status, data)
+    _store_attachments(session, row, files)
     outbox.enqueue(
         session,
         ticket_id=ticket.id,

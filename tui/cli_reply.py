@@ -6,6 +6,7 @@ Imports stay lazy, as in :mod:`tui.cli`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                     variables=variables,
                     quote=not args.no_quote,
                 )
+                draft = dataclasses.replace(draft, attachments=tuple(args.attach or ()))
             except templates.TemplateError as exc:
                 hint = " (give values with --set NAME=VALUE)" if " requires " in str(exc) else ""
                 raise UserError(f"{exc}{hint}") from None
@@ -253,6 +255,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--text", metavar="TEXT", help="the reply's text instead ('-': stdin)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a template variable")
     p.add_argument("--no-quote", action="store_true", help="leave out the answered message")
+    p.add_argument("--attach", action="append", metavar="FILE", help="send a file along")
     p.add_argument("--note", action="store_true", help="add it as an internal note, send nothing")
     p.add_argument("--send", action="store_true", help="deliver now instead of by the sender")
     p.add_argument("--dry-run", action="store_true", help="print the rendered reply, queue nothing")

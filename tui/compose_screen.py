@@ -66,6 +66,7 @@ def load_draft(path: Path) -> reply.Draft | None:
         for key in ("to", "cc"):
             data[key] = tuple(tuple(pair) for pair in data[key])
         data["references"] = tuple(data["references"])
+        data["attachments"] = tuple(data.get("attachments", ()))
         return reply.Draft(**data)
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -89,6 +90,7 @@ class ComposeScreen(Screen[bool]):
         Binding("ctrl+e", "editor", "$EDITOR", priority=True),
         Binding("ctrl+t", "template", "Template", priority=True),
         Binding("ctrl+d", "keep", "Keep draft", priority=True),
+        Binding("ctrl+a", "attach", "Attach", priority=True),
         Binding("escape", "cancel", "Cancel"),
     ]
 
@@ -122,8 +124,13 @@ class ComposeScreen(Screen[bool]):
         d = self.draft
         after = f" · status after sending: {d.status_after}" if d.status_after else ""
         what = f"template {d.template}" if d.template else "no template"
+        files = (
+            " · attached: " + ", ".join(Path(a).name for a in d.attachments)
+            if d.attachments
+            else ""
+        )
         self.query_one("#compose-title", Static).update(
-            plain(f"Reply to #{d.ticket_id} · {what}{after} · ctrl+s send, ctrl+e $EDITOR")
+            plain(f"Reply to #{d.ticket_id} · {what}{after}{files} · ctrl+s send, ctrl+e $EDITOR")
         )
 
     # ------------------------------------------------------------------ the draft
@@ -219,6 +226,23 @@ class ComposeScreen(Screen[bool]):
             self.draft = dataclasses.replace(draft, to=self.current().to)
             self.query_one("#compose-body", TextArea).load_text(draft.body)
             self.query_one("#compose-subject", Input).value = draft.subject
+            self._title()
+            self._save()
+
+    @work(group="attach", exclusive=True, exit_on_error=False)
+    async def action_attach(self) -> None:
+        def check(text: str) -> str | None:
+            path = Path(text.strip()).expanduser()
+            return None if path.is_file() else f"{path} is not a file"
+
+        text = await self.app.push_screen_wait(
+            TextDialog("Attach a file", placeholder="~/Documents/steps.pdf", check=check)
+        )
+        if text:
+            path = str(Path(text.strip()).expanduser())
+            self.draft = dataclasses.replace(
+                self.current(), attachments=(*self.draft.attachments, path)
+            )
             self._title()
             self._save()
 
