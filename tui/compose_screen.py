@@ -25,7 +25,7 @@ from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, Static, TextArea
+from textual.widgets import Footer, Input, Label, OptionList, Static, TextArea
 
 from mail import reply, templates
 from store.services import ActionError, ConflictError
@@ -286,11 +286,40 @@ async def ask_variables(screen: Screen[Any], required: tuple[str, ...]) -> dict[
     return values
 
 
+class TemplatePicker(ChoiceDialog):
+    """The template list with a live preview of the highlighted one, rendered on the ticket."""
+
+    def __init__(self, desk: Desk, ticket_id: int, choices: list[tuple[str, str]]) -> None:
+        super().__init__(f"Reply to #{ticket_id} with", choices)
+        self.desk, self.ticket_id = desk, ticket_id
+        self.add_class("template-picker")
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="dialog dialog-wide picker"):
+            yield from super().compose()
+            yield Static(id="template-preview")
+
+    @on(OptionList.OptionHighlighted)
+    def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self._preview(event.option.id or "")
+
+    @work(thread=True, group="preview", exclusive=True, exit_on_error=False)
+    def _preview(self, name: str) -> None:
+        try:
+            text = self.desk.preview(self.ticket_id, name or None)
+        except (templates.TemplateError, ActionError) as exc:
+            text = f"(cannot render: {exc})"
+        self.app.call_from_thread(self._show_preview, text)
+
+    def _show_preview(self, text: str) -> None:
+        self.query_one("#template-preview", Static).update(plain(text))
+
+
 async def pick_and_render(screen: Screen[Any], desk: Desk, ticket_id: int) -> reply.Draft | None:
-    """Fuzzy-pick a template (or none), ask what it requires, render it."""
+    """Fuzzy-pick a template (or none) with a preview, ask what it requires, render it."""
     found = await asyncio.to_thread(desk.templates_for, ticket_id)
     choices = [("", "(no template: a blank reply)")] + [(n, f"{n}: {d}") for n, d, _ in found]
-    name = await screen.app.push_screen_wait(ChoiceDialog(f"Reply to #{ticket_id} with", choices))
+    name = await screen.app.push_screen_wait(TemplatePicker(desk, ticket_id, choices))
     if name is None:
         return None
     required = next((r for n, _, r in found if n == name), ())

@@ -273,6 +273,22 @@ class Desk:
                 allow_empty=template is None,
             )
 
+    def preview(self, ticket_id: int, template: str | None) -> str:
+        """The template rendered on the ticket, required values shown as <name>."""
+        from mail import templates
+
+        required: tuple[str, ...] = ()
+        for name, _, needs in self.templates_for(ticket_id):
+            if name == template:
+                required = needs
+        values = {k: f"<{k}>" for k in required}
+        if template is None:
+            return "(a blank reply: you write it)"
+        draft = self.compose(ticket_id, template, values)
+        if not isinstance(draft.body, str):
+            raise templates.TemplateError("nothing rendered")
+        return f"Subject: {draft.subject}\n\n{draft.body}"
+
     def send_reply(self, draft: Any) -> None:
         """Queue the reply (ConflictError if the ticket moved on since ``draft.version``)."""
         from mail import reply

@@ -191,3 +191,23 @@ async def test_a_failed_email_shows_and_is_retried_from_the_outbox_screen(demo_w
         await ui.settle()
     (item,) = outbox(demo_ws)
     assert item.state == OutboxState.QUEUED
+
+
+async def test_the_template_picker_previews_the_highlighted_template(demo_ws: Demo) -> None:
+    from textual.widgets import Static
+
+    from tui.compose_screen import TemplatePicker
+
+    tid = open_ticket_id(demo_ws)
+    async with running(demo_ws) as ui:
+        await ui.goto(tid)
+        await ui.press("r")
+        picker = await ui.screen(TemplatePicker)
+        await ui.paste("wont")
+        preview = picker.query_one("#template-preview", Static)
+        await ui.wait(lambda: "will\nnot be able" in str(preview.render()), "the wont-do preview")
+        assert f"#{tid}]" in str(preview.render()) and "<reason>" in str(preview.render())
+        await ui.press("escape")
+        await ui.wait(lambda: not isinstance(ui.app.screen, TemplatePicker), "closed")
+        await ui.settle()
+    assert outbox(demo_ws) == []
