@@ -58,6 +58,13 @@ def send_now(ws: Workspace) -> list[str]:
     return problems
 
 
+def _send_and_report(ws: Workspace) -> int:
+    problems = send_now(ws)
+    for line in problems:
+        print(f"deskq: {line}", file=sys.stderr)
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
 def cmd_reply(args: argparse.Namespace) -> int:
     """Reply to a ticket with a template (or a text), queue it, optionally send it now."""
     from mail import reply, templates
@@ -98,10 +105,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
             row = reply.queue(s, ws.settings, draft, actor)
             print(f"ticket #{args.id}: reply queued ({row.message_id})")
         if args.send:
-            problems = send_now(ws)
-            for line in problems:
-                print(f"deskq: {line}", file=sys.stderr)
-            return EXIT_FAILURE if problems else EXIT_OK
+            return _send_and_report(ws)
     finally:
         ws.close()
     return EXIT_OK
@@ -162,10 +166,7 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
         sender.retry(ws.db, args.id)
         print(f"outbox {args.id}: queued again")
         if args.send:
-            problems = send_now(ws)
-            for line in problems:
-                print(f"deskq: {line}", file=sys.stderr)
-            return EXIT_FAILURE if problems else EXIT_OK
+            return _send_and_report(ws)
     finally:
         ws.close()
     return EXIT_OK
