@@ -264,7 +264,8 @@ def mark_sent(db: Database, item: Claimed, now: datetime | None = None) -> None:
             if ticket is not None:
                 if item.kind == "reply" and ticket.first_response_at is None:
                     ticket.first_response_at = now
-                services.record_event(s, ticket, "sent", None, {"outbox": item.id}, at=now)
+                data = {"outbox": item.id, "kind": item.kind}
+                services.record_event(s, ticket, "sent", None, data, at=now)
 
 
 def mark_failed(db: Database, item: Claimed, error: Exception, now: datetime | None = None) -> bool:

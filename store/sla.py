@@ -1,0 +1,200 @@
+"""SLA clocks, computed from a ticket's event log (never stored: a changed policy recomputes).
+
+A ticket's clocks run in business time (:class:`store.calendar.Calendar`) from its
+``created`` event. They pause while the ticket waits on the requester or a third party
+(``pending``, ``on-hold``) and resume when it is active again. The first-response clock
+stops at the first reply actually delivered (the ``sent`` event of a reply); the
+resolution clock stops at ``resolved`` or ``closed`` and, if the ticket is reopened,
+goes on from where it stopped. :class:`Clocks` takes events one at a time, so replaying
+a log in any number of chunks gives the same figures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from store.calendar import Calendar
+
+PAUSED = {"pending", "on-hold"}
+DONE = {"resolved", "closed"}
+AT_RISK = 0.25  # under a quarter of the target left
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhd])\s*$")
+
+
+def parse_duration(text: str, day_length: float) -> float:
+    """``"30m"``, ``"4h"``, ``"2d"`` (working days) as seconds of business time."""
+    m = _DURATION.match(text.lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 30m, 4h or 2d (working days)")
+    value, unit = float(m[1]), m[2]
+    return value * {"m": 60.0, "h": 3600.0, "d": day_length}[unit]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Targets in seconds of business time (None: no target)."""
+
+    first_response: float | None = None
+    resolution: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """One target of one ticket."""
+
+    state: str  # none | met | breached (stopped late, or still open and late) | running | paused
+    used: float  # business seconds consumed
+    target: float | None
+    left: float | None  # business seconds left (negative once breached)
+    due: datetime | None  # when it breaches if nothing changes (running only)
+
+    @property
+    def at_risk(self) -> bool:
+        """Running or paused with less than a quarter of the target left (not yet breached)."""
+        return (
+            self.state in ("running", "paused")
+            and self.target is not None
+            and self.left is not None
+            and 0 <= self.left < AT_RISK * self.target
+        )
+
+    @property
+    def breached(self) -> bool:
+        """Over the target, whether the clock still runs or not."""
+        return self.left is not None and self.left < 0
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything recorded for a ticket's times."""
+
+    first_response: TargetState
+    resolution: TargetState
+    first_response_calendar: float | None  # seconds from created to the first reply sent
+    resolution_calendar: float | None  # seconds from created to (last) resolution
+    waiting: float  # calendar seconds spent pending or on hold
+    reopens: int
+
+
+@dataclass
+class Clocks:
+    """A ticket's clocks, fed its events in order (see module docstring)."""
+
+    calendar: Calendar
+    created: datetime | None = None
+    status: str = "new"
+    run_since: datetime | None = None  # start of the current running stretch
+    used: float = 0.0  # business seconds of finished running stretches
+    waiting: float = 0.0
+    waiting_since: datetime | None = None
+    first_reply: datetime | None = None
+    first_reply_used: float | None = None
+    resolved: datetime | None = None
+    resolved_used: float | None = None
+    first_done_used: float | None = None  # business time at the first resolution
+    reopens: int = 0
+
+    def _stop(self, at: datetime) -> None:
+        if self.run_since is not None:
+            self.used += self.calendar.business_seconds(self.run_since, at)
+            self.run_since = None
+
+    def _used_at(self, at: datetime) -> float:
+        running = self.calendar.business_seconds(self.run_since, at) if self.run_since else 0.0
+        return self.used + running
+
+    def apply(self, at: datetime, kind: str, data: dict[str, Any]) -> None:
+        """One event of the ticket (in log order)."""
+        if kind == "created":
+            self.created, self.run_since, self.status = at, at, str(data.get("status", "new"))
+            return
+        if self.created is None:
+            return  # events of a ticket whose creation is not in this log
+        if kind == "sent" and data.get("kind", "reply") == "reply" and self.first_reply is None:
+            self.first_reply, self.first_reply_used = at, self._used_at(at)
+        elif kind == "status" and "to" in data:
+            self._status(at, str(data["to"]))
+
+    def _status(self, at: datetime, new: str) -> None:
+        old, self.status = self.status, new
+        if old in PAUSED and self.waiting_since is not None:
+            self.waiting += (at - self.waiting_since).total_seconds()
+            self.waiting_since = None
+        if new in PAUSED or new in DONE:
+            self._stop(at)
+        if new in PAUSED:
+            self.waiting_since = at
+        if new in DONE and old not in DONE:
+            self.resolved, self.resolved_used = at, self.used
+            if self.first_done_used is None:
+                self.first_done_used = self.used
+        elif new not in DONE and new not in PAUSED:
+            if old in DONE:
+                self.reopens += 1
+                self.resolved = self.resolved_used = None
+            if self.run_since is None:
+                self.run_since = at
+
+    def report(self, policy: Policy, now: datetime) -> Report:
+        """The clocks as of ``now`` against ``policy``."""
+        used_now = self._used_at(now)
+        paused = self.status in PAUSED
+        # Resolved without a reply (solved on the phone, say): the first-response clock
+        # stops there too.
+        first_stop = self.first_reply_used
+        if self.first_done_used is not None and (
+            first_stop is None or self.first_done_used < first_stop
+        ):
+            first_stop = self.first_done_used
+        first = _target(policy.first_response, first_stop, used_now, paused, self.calendar, now)
+        resolution = _target(
+            policy.resolution, self.resolved_used, used_now, paused, self.calendar, now
+        )
+        waiting = self.waiting
+        if self.waiting_since is not None:
+            waiting += (now - self.waiting_since).total_seconds()
+        created = self.created
+        return Report(
+            first_response=first,
+            resolution=resolution,
+            first_response_calendar=(self.first_reply - created).total_seconds()
+            if created and self.first_reply
+            else None,
+            resolution_calendar=(self.resolved - created).total_seconds()
+            if created and self.resolved
+            else None,
+            waiting=waiting,
+            reopens=self.reopens,
+        )
+
+
+def _target(
+    target: float | None,
+    stopped_at: float | None,
+    used_now: float,
+    paused: bool,
+    calendar: Calendar,
+    now: datetime,
+) -> TargetState:
+    if stopped_at is not None:
+        left = None if target is None else target - stopped_at
+        state = "none" if target is None else ("met" if stopped_at <= target else "breached")
+        return TargetState(state, stopped_at, target, left, None)
+    if target is None:
+        return TargetState("none", used_now, None, None, None)
+    left = target - used_now
+    if left < 0:  # still open, already late
+        return TargetState("breached", used_now, target, left, None)
+    due = None if paused else calendar.add(now, left)
+    return TargetState("paused" if paused else "running", used_now, target, left, due)
+
+
+def clocks_for(calendar: Calendar, events: list[tuple[datetime, str, dict[str, Any]]]) -> Clocks:
+    """Replay a ticket's events (oldest first)."""
+    clocks = Clocks(calendar)
+    for at, kind, data in events:
+        clocks.apply(at, kind, data)
+    return clocks
