@@ -221,6 +221,34 @@ class SendingSettings:
 
 
 @dataclass(frozen=True)
+class CalendarSettings:
+    """``[calendar]``: the business hours SLA clocks count in."""
+
+    timezone: str = doc("IANA timezone of the working hours, e.g. Europe/Berlin.", default="UTC")
+    hours: tuple[str, ...] = doc(
+        'Opening hours, e.g. ["mon-fri 09:00-17:00", "sat 10:00-13:00"].',
+        default=("mon-fri 09:00-17:00",),
+    )
+    country: str | None = doc(
+        "Country code for public holidays (holidays package), e.g. DE.", default=None
+    )
+    subdivision: str | None = doc("Region for public holidays, e.g. BY (Bavaria).", default=None)
+    closed: tuple[str, ...] = doc('Other closed dates, e.g. ["2026-12-24"].', default=())
+
+
+@dataclass(frozen=True)
+class SlaSettings:
+    """``[[sla]]``: targets for a queue and/or priority (the most specific one applies)."""
+
+    queue: str = doc("Queue key; empty: every queue.", default="")
+    priority: str = doc("low, normal, high or urgent; empty: every priority.", default="")
+    first_response: str | None = doc(
+        "Business time to the first reply delivered: 30m, 4h, 2d (working days).", default=None
+    )
+    resolution: str | None = doc("Business time to resolution, e.g. 3d.", default=None)
+
+
+@dataclass(frozen=True)
 class TemplateSettings:
     """``[templates]``: where reply templates come from."""
 
@@ -257,7 +285,39 @@ class Settings:
     templates: TemplateSettings = doc(
         "Reply templates of your own.", default_factory=TemplateSettings
     )
+    calendar: CalendarSettings = doc(
+        "Business hours for SLA clocks.", default_factory=CalendarSettings
+    )
+    sla: tuple[SlaSettings, ...] = doc("SLA targets.", default=())
     path: Path | None = field(default=None, metadata={"internal": True})
+
+    def business_calendar(self) -> Any:
+        """The :class:`store.calendar.Calendar` of ``[calendar]`` (CalendarError, ValueError)."""
+        from datetime import date
+
+        from store.calendar import Calendar
+
+        c = self.calendar
+        closed = tuple(date.fromisoformat(d) for d in c.closed)
+        return Calendar(c.timezone, c.hours, c.country, c.subdivision, closed)
+
+    def sla_policy(self, queue: str, priority: str, day_length: float) -> Any:
+        """The :class:`store.sla.Policy` for a ticket: the most specific ``[[sla]]`` wins."""
+        from store.sla import Policy, parse_duration
+
+        best, score = None, -1
+        for rule in self.sla:
+            if rule.queue not in ("", queue) or rule.priority not in ("", priority):
+                continue
+            rank = (2 if rule.queue else 0) + (1 if rule.priority else 0)
+            if rank > score:
+                best, score = rule, rank
+        if best is None:
+            return Policy()
+        return Policy(
+            parse_duration(best.first_response, day_length) if best.first_response else None,
+            parse_duration(best.resolution, day_length) if best.resolution else None,
+        )
 
     def queue_by_key(self, key: str) -> QueueSettings:
         """The queue with this key (KeyError if none)."""
@@ -592,6 +652,7 @@ def _check(s: Settings, path: Path | str) -> None:
                 "no password source given.",
                 "add password_env, password_command or password_keyring.",
             )
+    _check_sla(s, path)
     if s.sending is not None:
         snd = s.sending
         _check_secret_sources(path, "sending", snd)
@@ -626,6 +687,48 @@ def _check(s: Settings, path: Path | str) -> None:
             _check_security(path, "sending", snd.security, snd.host, snd.allow_insecure)
 
 
+def _check_sla(s: Settings, path: Path | str) -> None:
+    from store.calendar import CalendarError
+
+    try:
+        calendar = s.business_calendar()
+    except CalendarError as exc:
+        raise ConfigError(path, "calendar", f"{exc}.", "see the README's SLA section.") from None
+    except ValueError:
+        raise ConfigError(
+            path,
+            "calendar.closed",
+            "a date is not written YYYY-MM-DD.",
+            'e.g. closed = ["2026-12-24"].',
+        ) from None
+    queues = {q.key for q in s.queue}
+    for i, rule in enumerate(s.sla):
+        key = f"sla[{i}]"
+        if rule.queue and queues and rule.queue not in queues:
+            raise ConfigError(
+                path,
+                f"{key}.queue",
+                f"no queue {rule.queue!r}.",
+                f"use one of {', '.join(sorted(queues))}.",
+            )
+        if rule.priority and rule.priority not in ("low", "normal", "high", "urgent"):
+            raise ConfigError(
+                path,
+                f"{key}.priority",
+                f"{rule.priority!r} is not a priority.",
+                "use low, normal, high or urgent.",
+            )
+        for name in ("first_response", "resolution"):
+            value = getattr(rule, name)
+            if value is not None:
+                from store.sla import parse_duration
+
+                try:
+                    parse_duration(value, calendar.day_length)
+                except ValueError as exc:
+                    raise ConfigError(path, f"{key}.{name}", f"{exc}.", "e.g. 4h or 2d.") from None
+
+
 # --------------------------------------------------------------------------- reference
 
 
@@ -639,6 +742,8 @@ def iter_reference() -> Iterator[tuple[str, str, str, str]]:
         ("ingest", IngestSettings),
         ("sending", SendingSettings),
         ("templates", TemplateSettings),
+        ("calendar", CalendarSettings),
+        ("sla", SlaSettings),
     ]
     for prefix, cls in sections:
         hints = typing.get_type_hints(cls)

@@ -29,6 +29,8 @@ class QueueRow:
     ticket: TicketSummary
     unread: bool
     key: Key
+    sla_left: float | None = None  # business seconds left on the nearest open SLA target
+    sla_state: str = ""  # "", running, paused, at-risk, breached
 
 
 def _keyset(expr: Any, key: Key, forward: bool) -> Any:

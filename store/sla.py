@@ -50,6 +50,7 @@ class TargetState:
     target: float | None
     left: float | None  # business seconds left (negative once breached)
     due: datetime | None  # when it breaches if nothing changes (running only)
+    open: bool = False  # the clock has not stopped (no reply yet / not resolved)
 
     @property
     def at_risk(self) -> bool:
@@ -184,12 +185,12 @@ def _target(
         state = "none" if target is None else ("met" if stopped_at <= target else "breached")
         return TargetState(state, stopped_at, target, left, None)
     if target is None:
-        return TargetState("none", used_now, None, None, None)
+        return TargetState("none", used_now, None, None, None, open=True)
     left = target - used_now
     if left < 0:  # still open, already late
-        return TargetState("breached", used_now, target, left, None)
+        return TargetState("breached", used_now, target, left, None, open=True)
     due = None if paused else calendar.add(now, left)
-    return TargetState("paused" if paused else "running", used_now, target, left, due)
+    return TargetState("paused" if paused else "running", used_now, target, left, due, open=True)
 
 
 def clocks_for(calendar: Calendar, events: list[tuple[datetime, str, dict[str, Any]]]) -> Clocks:
@@ -198,3 +199,42 @@ def clocks_for(calendar: Calendar, events: list[tuple[datetime, str, dict[str, A
     for at, kind, data in events:
         clocks.apply(at, kind, data)
     return clocks
+
+
+SLA_KINDS = ("created", "status", "sent")
+
+
+def reports(
+    session: Any,
+    settings: Any,
+    tickets: list[tuple[int, str, str]],
+    now: datetime,
+    calendar: Calendar | None = None,
+) -> dict[int, Report]:
+    """Clocks of ``tickets`` ((id, queue key, priority)) as of ``now``, from their events."""
+    from sqlalchemy import select
+
+    from store.models import Event
+
+    calendar = calendar or settings.business_calendar()
+    logs: dict[int, list[tuple[datetime, str, dict[str, Any]]]] = {t[0]: [] for t in tickets}
+    ids = list(logs)
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(Event.ticket_id, Event.at, Event.kind, Event.data)
+            .where(Event.ticket_id.in_(ids[start : start + 500]), Event.kind.in_(SLA_KINDS))
+            .order_by(Event.ticket_id, Event.id)
+        )
+        for tid, at, kind, data in rows:
+            logs[tid].append((at, kind, data or {}))
+    day = calendar.day_length
+    return {
+        tid: clocks_for(calendar, logs[tid]).report(settings.sla_policy(queue, prio, day), now)
+        for tid, queue, prio in tickets
+    }
+
+
+def nearest(report: Report) -> TargetState | None:
+    """The open target that matters now: the one with the least time left."""
+    live = [t for t in (report.first_response, report.resolution) if t.open and t.left is not None]
+    return min(live, key=lambda t: t.left or 0.0) if live else None

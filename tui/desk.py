@@ -7,6 +7,7 @@ the conflict dialog instead of being retried or overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,7 @@ class Desk:
         import threading
 
         self.ws = ws
+        self._calendar: Any = None  # the business calendar, built on first use
         self.wake_sender = threading.Event()  # set after queueing: the sender goes at once
         self.me = ws.settings.me.strip().lower()
         with ws.db.session() as session:
@@ -119,22 +121,52 @@ class Desk:
     def first_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
         """The first rows of the queue in ``query``'s order."""
         with self.ws.db.session() as s:
-            return pages.fetch_page(s, query, self.me_id, limit=limit)
+            return self._with_sla(s, pages.fetch_page(s, query, self.me_id, limit=limit))
 
     def page_after(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
         """Rows after ``key``."""
         with self.ws.db.session() as s:
-            return pages.fetch_page(s, query, self.me_id, after=key, limit=limit)
+            rows = pages.fetch_page(s, query, self.me_id, after=key, limit=limit)
+            return self._with_sla(s, rows)
 
     def page_before(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
         """Rows before ``key``."""
         with self.ws.db.session() as s:
-            return pages.fetch_page(s, query, self.me_id, before=key, limit=limit)
+            rows = pages.fetch_page(s, query, self.me_id, before=key, limit=limit)
+            return self._with_sla(s, rows)
 
     def last_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
         """The last rows."""
         with self.ws.db.session() as s:
-            return pages.fetch_last_page(s, query, self.me_id, limit=limit)
+            return self._with_sla(s, pages.fetch_last_page(s, query, self.me_id, limit=limit))
+
+    def _with_sla(self, s: Session, rows: list[pages.QueueRow]) -> list[pages.QueueRow]:
+        """Rows with their time left on the nearest SLA target (only when SLAs are set)."""
+        if not self.ws.settings.sla or not rows:
+            return rows
+        from datetime import UTC, datetime
+
+        from store import sla
+
+        if self._calendar is None:
+            self._calendar = self.ws.settings.business_calendar()
+        active = [r.ticket for r in rows if r.ticket.status not in ("resolved", "closed")]
+        found = sla.reports(
+            s,
+            self.ws.settings,
+            [(t.id, t.queue, t.priority) for t in active],
+            datetime.now(UTC),
+            self._calendar,
+        )
+        out = []
+        for row in rows:
+            target = sla.nearest(found[row.ticket.id]) if row.ticket.id in found else None
+            if target is None or target.target is None:
+                out.append(row)
+                continue
+            state = "breached" if target.breached else "at-risk" if target.at_risk else target.state
+            out.append(dataclasses.replace(row, sla_left=target.left, sla_state=state))
+        return out
 
     def count(self, query: Query) -> int:
         """How many tickets match."""
@@ -144,7 +176,9 @@ class Desk:
     def rows(self, query: Query, ids: Iterable[int]) -> dict[int, pages.QueueRow | None]:
         """Fresh rows for ``ids`` (None: no longer in the view)."""
         with self.ws.db.session() as s:
-            return pages.rows_by_id(s, query, self.me_id, ids)
+            found = pages.rows_by_id(s, query, self.me_id, ids)
+            fresh = {r.ticket.id: r for r in self._with_sla(s, [r for r in found.values() if r])}
+            return {tid: fresh.get(tid) for tid in found}
 
     def versions(self, ids: Iterable[int]) -> dict[int, int]:
         """The current version of each ticket that exists."""

@@ -471,6 +471,21 @@ class TicketList(Widget, can_focus=True):
             "due": "",
         }
 
+    @staticmethod
+    def left_text(row: QueueRow) -> str:
+        """Business time left on the nearest SLA target: 3d, 5h, 45m, -2h; ~ while paused."""
+        if row.sla_left is None:
+            return ""
+        seconds = row.sla_left
+        sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+        for unit, size in (("d", 86_400), ("h", 3_600)):
+            if seconds >= size:
+                text = f"{sign}{int(seconds // size)}{unit}"
+                break
+        else:
+            text = f"{sign}{int(seconds // 60)}m"
+        return ("~" if row.sla_state == "paused" else "") + text
+
     def _row(self, row: QueueRow, is_cursor: bool, width: int) -> Strip:
         t = row.ticket
         base = self.rich_style
@@ -483,13 +498,21 @@ class TicketList(Widget, can_focus=True):
         if is_cursor:
             base += self.get_component_rich_style("ticket-list--cursor")
         cells = self._cells(t, datetime.now(UTC))
+        cells["due"] = self.left_text(row)
         marker = ("*" if t.id in self.marked else " ") + ("●" if row.unread else " ")
         segments = [Segment(marker, base)]
         for column, w in self._layout():
             style = base
+            accent_name = None
             if column.key == "prio" and t.priority in ("high", "urgent"):
+                accent_name = f"ticket-list--{t.priority}"
+            elif column.key == "due" and row.sla_state in ("at-risk", "breached"):
+                accent_name = (
+                    "ticket-list--high" if row.sla_state == "at-risk" else "ticket-list--urgent"
+                )
+            if accent_name is not None:
                 # Only the colour: the row's background (cursor, mark) stays across the cell.
-                accent = self.get_component_rich_style(f"ticket-list--{t.priority}")
+                accent = self.get_component_rich_style(accent_name)
                 style = base + Style(color=accent.color, bold=accent.bold)
             text = cells["id"].rjust(w)[-w:] if column.key == "id" else fit(cells[column.key], w)
             segments += [Segment(text, style), Segment(" ", base)]
