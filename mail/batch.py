@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
 from mail.parse import one_line
 from store.models import (
@@ -111,6 +112,7 @@ class _Delivery:
     is_new: bool
     link_to: list[tuple[_TicketState, str]] = field(default_factory=list)
     status_events: list[dict[str, Any]] = field(default_factory=list)
+    other_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     version: int = 1
     message_row: dict[str, Any] = field(default_factory=dict)
     message_id: int | None = None
@@ -426,7 +428,13 @@ class Batch:
             at = max(arrived, state.updated_at or arrived)
             state.updated_at = at
             d = _Delivery(p, queue, sender_id, state, how, False, version=state.version)
-            if not automatic and not provider:
+            rating = None
+            if state.status == Status.RESOLVED and not automatic and not provider:
+                rating = parse_rating(parsed.text)
+            if rating is not None:
+                # Feedback on a resolved ticket: recorded, the ticket stays resolved.
+                d.other_events.append(("rating", {"rating": rating[0], "comment": rating[1]}))
+            elif not automatic and not provider:
                 reopen = {
                     Status.RESOLVED: "reply after resolution",
                     Status.PENDING: "requester replied",
@@ -588,6 +596,7 @@ class Batch:
                 }
             )
             events += [{**base, "kind": "status", "data": s} for s in d.status_events]
+            events += [{**base, "kind": k, "data": data} for k, data in d.other_events]
         # Links after every ticket's own events, so a history always starts "created".
         for d in self.deliveries:
             tid, at = d.ticket.id, d.message_row["created_at"]

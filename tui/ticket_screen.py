@@ -171,6 +171,9 @@ class TicketScreen(Screen[dict[int, int]]):
             meta.append("links " + " ".join(f"#{o} ({k})" for o, k in d.links))
         if t.merged_into:
             meta.append(f"merged into #{t.merged_into}")
+        ratings = [e.data.get("rating") for e in d.events if e.kind == "rating"]
+        if ratings:
+            meta.append(f"rated {ratings[-1]}/5 by the requester")
         text.append("\n" + for_terminal(" · ".join(meta), keep_newlines=False), style="dim")
         return text
 

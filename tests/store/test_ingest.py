@@ -1005,3 +1005,27 @@ def test_real_world_corpus_is_ingested_without_loss(
     (status,) = poll_once(desk.ws)
     assert status.duplicates == len(files)
     assert desk.count(RawSource) == len(files)
+
+
+def test_a_rating_reply_to_a_resolved_ticket_is_recorded_and_does_not_reopen(desk: Desk) -> None:
+    tid, raw = _first(desk)
+    desk.act(services.set_status, tid, Status.RESOLVED)
+    outcome = desk.deliver(
+        email(
+            subject="Re: x",
+            headers=(f"In-Reply-To: {msgid_of(raw)}",),
+            body="4/5\nFixed fast, but I had to ask twice.\n",
+        )
+    )
+    assert outcome.tickets == (tid,)
+    assert desk.ticket(tid).status == Status.RESOLVED
+    kind, data = desk.events(tid)[-1]
+    assert kind == "rating" and data == {
+        "rating": 4,
+        "comment": "Fixed fast, but I had to ask twice.",
+    }
+    # any other reply still reopens
+    desk.deliver(
+        email(subject="Re: x", headers=(f"In-Reply-To: {msgid_of(raw)}",), body="No, broken.\n")
+    )
+    assert desk.ticket(tid).status == Status.OPEN
