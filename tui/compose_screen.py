@@ -105,13 +105,15 @@ class ComposeScreen(Screen[bool]):
             yield Static(id="compose-title")
             with Horizontal(classes="compose-row"):
                 yield Label("To ", classes="compose-label")
-                yield Input(_show_pairs(self.draft.to), id="compose-to")
+                yield Input(_show_pairs(self.draft.to), id="compose-to", compact=True)
             with Horizontal(classes="compose-row"):
                 yield Label("Cc ", classes="compose-label")
-                yield Input(_show_pairs(self.draft.cc), id="compose-cc", placeholder="none")
+                yield Input(
+                    _show_pairs(self.draft.cc), id="compose-cc", placeholder="none", compact=True
+                )
             with Horizontal(classes="compose-row"):
                 yield Label("Subj ", classes="compose-label")
-                yield Input(self.draft.subject, id="compose-subject")
+                yield Input(self.draft.subject, id="compose-subject", compact=True)
             yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
         yield Footer(compact=True)
 
