@@ -20,7 +20,7 @@ from store.services import ActionError
 from tui.desk import Desk
 from tui.dialogs import ChoiceDialog, HelpScreen, TextDialog, notice
 from tui.ticket_list import COLUMNS, SORTABLE, TicketList
-from tui.triage import TRIAGE, run_action
+from tui.triage import TRIAGE, run_action, triage_bindings
 
 if TYPE_CHECKING:
     from store.config import Settings
@@ -88,12 +88,7 @@ class QueueScreen(Screen[None]):
         Binding("r", "reply", "Reply"),
         Binding("O", "outbox", "Outbox", show=False),
         Binding("ctrl+l", "reload", "Reload", show=False),
-        *[
-            Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in "cas")
-            for a in TRIAGE
-            if a.name != "split"
-        ],
-        Binding("x", "triage('split')", "Split", show=False),
+        *triage_bindings(shown="cas"),
     ]
 
     def __init__(self, desk: Desk, settings: Settings) -> None:

@@ -24,7 +24,7 @@ from tui.desk import Desk, Target
 from tui.dialogs import ChoiceDialog, HelpScreen, describe_change, notice
 from tui.safe_text import for_terminal
 from tui.ticket_list import TicketList, age, person_label
-from tui.triage import TRIAGE, run_action
+from tui.triage import TRIAGE, run_action, triage_bindings
 
 LABEL = {"inbound": "received", "outbound": "sent", "note": "internal note"}
 TICKET_KEYS = (
@@ -85,10 +85,7 @@ class TicketScreen(Screen[dict[int, int]]):
         Binding("L", "links", "Links", show=False),
         Binding("U", "unread", "Unread", show=False),
         Binding("r", "reply", "Reply"),
-        *[
-            Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in "cn")
-            for a in TRIAGE
-        ],
+        *triage_bindings(shown="cn"),
     ]
 
     def __init__(self, desk: Desk, ticket_id: int, queue: TicketList | None = None) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from textual.binding import Binding
+
 from store.config import is_address
 from store.models import Priority, Status
 from tui.desk import Desk, Outcome, Target
@@ -45,6 +47,14 @@ TRIAGE = (
     TriageAction("release", "R", "Release", "let a quarantined ticket into its queue"),
 )
 BY_NAME = {a.name: a for a in TRIAGE}
+
+
+def triage_bindings(shown: str) -> list[Binding]:
+    """A key binding per triage action; those whose key is in ``shown`` go in the footer."""
+    return [
+        Binding(a.key, f"triage('{a.name}')", a.title.rstrip("…"), show=a.key in shown)
+        for a in TRIAGE
+    ]
 
 
 def _ticket_number(text: str) -> str | None:
