@@ -84,6 +84,22 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def demo_workspace(tmp_path: Path, extra: str = "") -> tuple[dict[str, str], Path]:
+    """``deskq demo --dir`` in ``tmp_path`` (no terminal: it prints the queue), plus
+    ``extra`` config text; returns the environment and the workspace folder."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "demo"
+    env = make_env(tmp_path, root / "config.toml")
+    result = run(env, "demo", "--dir", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "demo mailbox: 200 emails ingested" in result.stderr
+    assert "(the terminal UI)" in result.stdout
+    if extra:
+        config = root / "config.toml"
+        config.write_text(config.read_text() + extra)
+    return env, root
+
+
 def run_python(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -11,14 +11,7 @@ from store.config import load_settings
 from store.db import Database
 from store.models import OutboxItem
 from store.views import ticket_detail
-from tests.cli.test_cli import make_env, run
-
-
-def demo(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    root = tmp_path / "demo"
-    env = make_env(tmp_path, root / "config.toml")
-    assert run(env, "demo", "--dir", str(root)).returncode == 0
-    return env, root
+from tests.cli.test_cli import demo_workspace, run
 
 
 def db_of(root: Path) -> Database:
@@ -26,7 +19,7 @@ def db_of(root: Path) -> Database:
 
 
 def test_templates_list_show_check(tmp_path: Path) -> None:
-    env, _ = demo(tmp_path)
+    env, _ = demo_workspace(tmp_path)
     listed = run(env, "templates", "list").stdout
     for name in ("acknowledge", "need-info", "workaround", "resolved", "handed-over",
                  "duplicate", "wont-do"):  # fmt: skip
@@ -38,7 +31,7 @@ def test_templates_list_show_check(tmp_path: Path) -> None:
 
 
 def test_a_broken_template_of_my_own_is_reported_with_its_line(tmp_path: Path) -> None:
-    env, root = demo(tmp_path)
+    env, root = demo_workspace(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "resolved.txt").write_text(
@@ -53,7 +46,7 @@ def test_a_broken_template_of_my_own_is_reported_with_its_line(tmp_path: Path) -
 
 
 def test_reply_dry_run_missing_variable_note_queue_and_send(tmp_path: Path) -> None:
-    env, root = demo(tmp_path)
+    env, root = demo_workspace(tmp_path)
     missing = run(env, "reply", "3", "--template", "need-info", "--dry-run")
     assert missing.returncode == 1 and "requires question" in missing.stderr
     assert "--set NAME=VALUE" in missing.stderr
@@ -86,6 +79,6 @@ def test_reply_dry_run_missing_variable_note_queue_and_send(tmp_path: Path) -> N
 
 
 def test_retry_of_an_unknown_item_says_so(tmp_path: Path) -> None:
-    env, _ = demo(tmp_path)
+    env, _ = demo_workspace(tmp_path)
     result = run(env, "outbox", "retry", "999")
     assert result.returncode == 1 and "no outbox item 999" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.test_cli import make_env, run
+from tests.cli.test_cli import demo_workspace, run
 
 SLA = """
 [calendar]
@@ -22,18 +22,8 @@ first_response = "10m"
 """
 
 
-def demo(tmp_path: Path, extra: str) -> tuple[dict[str, str], Path]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    root = tmp_path / "demo"
-    env = make_env(tmp_path, root / "config.toml")
-    assert run(env, "demo", "--dir", str(root)).returncode == 0
-    config = root / "config.toml"
-    config.write_text(config.read_text() + extra)
-    return env, root
-
-
 def test_sla_check_lists_breaches_and_fails(tmp_path: Path) -> None:
-    env, _ = demo(tmp_path, SLA)
+    env, _ = demo_workspace(tmp_path, SLA)
     result = run(env, "sla", "check", "--json")
     assert result.returncode == 1, result.stderr  # demo tickets are hours old, unanswered
     flagged = json.loads(result.stdout)
@@ -47,18 +37,18 @@ def test_sla_check_lists_breaches_and_fails(tmp_path: Path) -> None:
 
 
 def test_sla_check_without_targets_passes(tmp_path: Path) -> None:
-    env, _ = demo(tmp_path, "")
+    env, _ = demo_workspace(tmp_path, "")
     result = run(env, "sla", "check", "--json")
     assert result.returncode == 0 and json.loads(result.stdout) == []
 
 
 def test_bad_sla_config_names_the_key(tmp_path: Path) -> None:
-    env, _ = demo(tmp_path, '\n[[sla]]\npriority = "asap"\n')
+    env, _ = demo_workspace(tmp_path, '\n[[sla]]\npriority = "asap"\n')
     result = run(env, "sla", "check")
     assert result.returncode == 2 and "sla[0].priority" in result.stderr
-    env, _ = demo(tmp_path / "b", '\n[[sla]]\nresolution = "soon"\n')
+    env, _ = demo_workspace(tmp_path / "b", '\n[[sla]]\nresolution = "soon"\n')
     result = run(env, "sla", "check")
     assert result.returncode == 2 and "sla[0].resolution" in result.stderr
-    env, _ = demo(tmp_path / "c", '\n[calendar]\nhours = ["weekdays 9-5"]\n')
+    env, _ = demo_workspace(tmp_path / "c", '\n[calendar]\nhours = ["weekdays 9-5"]\n')
     result = run(env, "sla", "check")
     assert result.returncode == 2 and "calendar" in result.stderr and "mon-fri" in result.stderr

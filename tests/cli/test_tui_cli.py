@@ -14,18 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli import DESKQ, make_env, run
-
-
-def _demo(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    root = tmp_path / "demo"
-    config = root / "config.toml"
-    env = make_env(tmp_path, config)
-    result = run(env, "demo", "--dir", str(root))  # no terminal: prints the queue
-    assert result.returncode == 0, result.stderr
-    assert "demo mailbox: 200 emails ingested" in result.stderr
-    assert "(the terminal UI)" in result.stdout
-    return env, config
+from tests.cli.test_cli import DESKQ, demo_workspace, make_env, run
 
 
 def _read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
@@ -45,7 +34,7 @@ def _read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
 
 
 def test_deskq_opens_the_tui_in_a_terminal_and_q_quits(tmp_path: Path) -> None:
-    env, _ = _demo(tmp_path)
+    env, _ = demo_workspace(tmp_path)
     env.update(
         TERM="xterm-256color", COLUMNS="100", LINES="30", DESKQ_LOG_DIR=str(tmp_path / "log")
     )
@@ -73,7 +62,7 @@ def test_deskq_opens_the_tui_in_a_terminal_and_q_quits(tmp_path: Path) -> None:
 
 
 def test_deskq_without_a_terminal_says_what_to_use_instead(tmp_path: Path) -> None:
-    env, _ = _demo(tmp_path)
+    env, _ = demo_workspace(tmp_path)
     result = run(env)
     assert result.returncode == 2
     assert "needs a terminal" in result.stderr and "deskq list" in result.stderr
@@ -87,7 +76,7 @@ def _free_port() -> int:
 
 def test_serve_puts_the_tui_in_a_browser_page(tmp_path: Path) -> None:
     pytest.importorskip("textual_serve", reason="pip install 'deskq[web]' to serve in a browser")
-    env, _ = _demo(tmp_path)
+    env, _ = demo_workspace(tmp_path)
     port = _free_port()
     proc = subprocess.Popen(
         [str(DESKQ), "serve", "--port", str(port)],

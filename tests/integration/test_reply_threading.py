@@ -8,8 +8,7 @@ same ticket whether it carries only In-Reply-To or only the subject tag.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -24,17 +23,9 @@ from tests.integration.test_imap_ingest import (
     new_id,
     outcomes_of,
 )
-from tests.smtp_server import PASSWORD, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.dovecot
-
-
-@pytest.fixture
-def smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
-    monkeypatch.setenv("DESKQ_TEST_SMTP_PASSWORD", PASSWORD)
-    server = SmtpServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_reply_round_trip_threads_everywhere(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,14 +20,6 @@ from tests.smtp_server import PASSWORD, SmtpServer
 pytest.importorskip("aiosmtpd", reason="pip install aiosmtpd (in the dev extra) to run these")
 
 QUEUE = '[[queue]]\nkey = "it"\nname = "IT Help"\ntag = "IT"\naddress = "it-help@corp.example"\n'
-
-
-@pytest.fixture
-def smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
-    monkeypatch.setenv("DESKQ_TEST_SMTP_PASSWORD", PASSWORD)
-    server = SmtpServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def settings_for(server: SmtpServer, **changes: str):  # type: ignore[no-untyped-def]
