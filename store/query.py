@@ -304,6 +304,33 @@ def probe_threshold(messages: int) -> int:
     return max(int(5 * math.sqrt(PAGE_GUESS * messages)), 1000)
 
 
+# Whether a search is common enough to walk, per (database, words, threshold): every
+# page of a search asks, and the answer changes only as the mail grows, which moves
+# the threshold (it only affects speed: both ways give the same rows).
+_COMMON: dict[tuple[str, str, int], bool] = {}
+
+
+def _is_common(session: Session, fts: str) -> bool:
+    from sqlalchemy import text
+
+    from store.models import Message
+
+    threshold = probe_threshold(session.scalar(select(func.max(Message.id))) or 0)
+    key = (str(session.get_bind().engine.url), fts, threshold)
+    if key not in _COMMON:
+        hits = session.scalar(
+            text(
+                "SELECT count(*) FROM (SELECT rowid FROM messages_fts "
+                "WHERE messages_fts MATCH :fts LIMIT :cap)"
+            ),
+            {"fts": fts, "cap": threshold},
+        )
+        if len(_COMMON) > 256:
+            _COMMON.clear()
+        _COMMON[key] = (hits or 0) >= threshold
+    return _COMMON[key]
+
+
 def _search_condition(session: Session, words: str, walk: bool) -> ColumnElement[bool]:
     from sqlalchemy import exists, text
 
@@ -312,15 +339,7 @@ def _search_condition(session: Session, words: str, walk: bool) -> ColumnElement
 
     if walk and session.get_bind().dialect.name == "sqlite":
         fts = fts_query(words) or '""'
-        threshold = probe_threshold(session.scalar(select(func.max(Message.id))) or 0)
-        hits = session.scalar(
-            text(
-                "SELECT count(*) FROM (SELECT rowid FROM messages_fts "
-                "WHERE messages_fts MATCH :fts LIMIT :cap)"
-            ),
-            {"fts": fts, "cap": threshold},
-        )
-        if (hits or 0) >= threshold:
+        if _is_common(session, fts):
             probe = text(
                 "messages.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH :fts "
                 "AND rowid = messages.id)"
