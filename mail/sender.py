@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from store import services
 from store.config import SendingSettings, Settings
@@ -243,12 +244,12 @@ def claim(db: Database, limit: int = 50, now: datetime | None = None) -> list[Cl
         return claimed
 
 
-def _mine(s: object, item: Claimed) -> OutboxItem | None:
+def _mine(s: Session, item: Claimed) -> OutboxItem | None:
     """The row, if this attempt still owns it (no one re-claimed it after our lease)."""
-    row = s.get(OutboxItem, item.id)  # type: ignore[attr-defined]
+    row = s.get(OutboxItem, item.id)
     if row is None or row.state != OutboxState.SENDING or row.attempts != item.attempt:
         return None
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 def mark_sent(db: Database, item: Claimed, now: datetime | None = None) -> None:

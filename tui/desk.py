@@ -309,8 +309,6 @@ class Desk:
 
     def preview(self, ticket_id: int, template: str | None) -> str:
         """The template rendered on the ticket, required values shown as <name>."""
-        from mail import templates
-
         required: tuple[str, ...] = ()
         for name, _, needs in self.templates_for(ticket_id):
             if name == template:
@@ -319,8 +317,6 @@ class Desk:
         if template is None:
             return "(a blank reply: you write it)"
         draft = self.compose(ticket_id, template, values)
-        if not isinstance(draft.body, str):
-            raise templates.TemplateError("nothing rendered")
         return f"Subject: {draft.subject}\n\n{draft.body}"
 
     def send_reply(self, draft: Any) -> None:
