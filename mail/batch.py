@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
 from mail.parse import one_line
+from store import clocks
 from store.models import (
     Attachment,
     Blob,
@@ -136,6 +137,7 @@ class Batch:
         self.people: dict[str, tuple[int, bool]] = {}
         self.batch_ids: dict[tuple[str, int], _TicketState] = {}
         self.deliveries: list[_Delivery] = []
+        self.touched: set[int] = set()  # tickets whose events this batch appended
         self.now = utcnow()
         self.conn = session.connection()
 
@@ -512,6 +514,7 @@ class Batch:
         self._insert_flags()
         self._insert_attachments()
         self._auto_acks()
+        clocks.touch(self.session, self.touched)
 
     def _insert_tickets(self) -> None:
         creators = {d.ticket.new_index: d for d in self.deliveries if d.is_new}
@@ -620,6 +623,7 @@ class Batch:
                         "data": {"other": a, "kind": kind},
                     }
                 )
+        self.touched = {e["ticket_id"] for e in events}
         for part in _chunks(events):
             self.conn.execute(insert(EVENTS), part)
         if links:

@@ -177,6 +177,11 @@ class Calendar:
         raise CalendarError("no working time within ten years: check the opening hours")
 
     @property
+    def tz(self) -> ZoneInfo:
+        """The calendar's timezone (days in reports are its days)."""
+        return self._tz
+
+    @property
     def day_length(self) -> float:
         """Seconds in an average working day (what "1d" of business time means)."""
         week = [sum(_seconds(b) - _seconds(a) for a, b in self._week[d]) for d in range(7)]

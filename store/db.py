@@ -166,6 +166,17 @@ class Database:
             migrate.check_not_newer(db.engine)
         return db
 
+    def keep_clocks(self, keeper: Any, progress: Any = None) -> int:
+        """Keep SLA clocks in step on every write from now on, rebuilding them if stale.
+
+        ``keeper`` is a :class:`store.clocks.Keeper`; returns how many tickets' clocks
+        were (re)computed now (see :func:`store.clocks.ensure`).
+        """
+        from store import clocks
+
+        clocks.install(self._write, keeper)
+        return clocks.ensure(self._write, keeper, progress)
+
     def session(self) -> Session:
         """A session for reading (use as a context manager)."""
         return self._read()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -439,3 +440,56 @@ class SavedView(Base):
     name: Mapped[str] = mapped_column(String(64))
     query: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TicketClock(Base):
+    """A ticket's SLA clocks, derived from its events and kept in step with them.
+
+    Every write that appends events updates these rows in the same transaction
+    (:mod:`store.clocks`), and a changed calendar or policy rebuilds them all from the
+    event log, so they are a cache of the log, never a second truth. Times are epoch
+    seconds (UTC) and durations seconds, so reports and the "breaching soon" order
+    can be computed in SQL over a narrow table.
+    """
+
+    __tablename__ = "ticket_clocks"
+    __table_args__ = (
+        Index("ix_ticket_clocks_due_ticket", "due", "ticket_id"),
+        Index("ix_ticket_clocks_created", "created"),
+    )
+
+    ticket_id: Mapped[int] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[dict[str, Any]] = mapped_column()  # store.sla.Clocks, serialised
+    queue_id: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    assignee_id: Mapped[int | None] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(String(100))
+    created: Mapped[float] = mapped_column(Float)
+    resolved: Mapped[float | None] = mapped_column(Float)  # the current resolution, if any
+    first_response: Mapped[float | None] = mapped_column(Float)  # business seconds
+    first_response_calendar: Mapped[float | None] = mapped_column(Float)
+    resolution: Mapped[float | None] = mapped_column(Float)  # business seconds
+    resolution_calendar: Mapped[float | None] = mapped_column(Float)
+    first_response_target: Mapped[float | None] = mapped_column(Float)
+    resolution_target: Mapped[float | None] = mapped_column(Float)
+    # Epoch second each open target breaches (in the past once breached; None when it
+    # has no target, has stopped, or is paused within it), and the nearer of the two.
+    first_response_due: Mapped[float | None] = mapped_column(Float)
+    resolution_due: Mapped[float | None] = mapped_column(Float)
+    due: Mapped[float | None] = mapped_column(Float)
+    waiting: Mapped[float] = mapped_column(Float, default=0.0)
+    reopens: Mapped[int] = mapped_column(Integer, default=0)
+    rating: Mapped[int | None] = mapped_column(Integer)
+
+
+class Meta(Base):
+    """Small named values deskq keeps about the database itself (e.g. the SLA fingerprint)."""
+
+    __tablename__ = "deskq_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

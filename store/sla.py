@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from store.calendar import Calendar
@@ -96,6 +96,7 @@ class Clocks:
     resolved: datetime | None = None
     resolved_used: float | None = None
     first_done_used: float | None = None  # business time at the first resolution
+    first_done: datetime | None = None  # when it was first resolved
     reopens: int = 0
 
     def _stop(self, at: datetime) -> None:
@@ -131,7 +132,7 @@ class Clocks:
         if new in DONE and old not in DONE:
             self.resolved, self.resolved_used = at, self.used
             if self.first_done_used is None:
-                self.first_done_used = self.used
+                self.first_done, self.first_done_used = at, self.used
         elif new not in DONE and new not in PAUSED:
             if old in DONE:
                 self.reopens += 1
@@ -139,18 +140,59 @@ class Clocks:
             if self.run_since is None:
                 self.run_since = at
 
+    def first_response_stop(self) -> float | None:
+        """Business seconds at which the first-response clock stopped (None: still open).
+
+        Resolved without a reply (solved on the phone, say) stops it too.
+        """
+        stops = [u for u in (self.first_reply_used, self.first_done_used) if u is not None]
+        return min(stops) if stops else None
+
+    def first_response_at(self) -> datetime | None:
+        """When the first-response clock stopped (first reply or first resolution)."""
+        stops = [t for t in (self.first_reply, self.first_done) if t is not None]
+        return min(stops) if stops else None
+
+    def due(self, target: float | None, stopped: float | None) -> datetime | None:
+        """When a running target breaches (in the past once breached).
+
+        None while paused within the target, or when there is no target or it stopped;
+        a target missed before the pause keeps the pause's start, so it stays listed.
+        """
+        if target is None or stopped is not None:
+            return None
+        left = target - self.used
+        if self.run_since is None:  # paused: only a target already missed has a time
+            return self.waiting_since if left < 0 else None
+        return self.calendar.add(self.run_since, left) if left > 0 else self.run_since
+
+    def to_state(self) -> dict[str, Any]:
+        """The clocks as JSON-able values (times as epoch seconds)."""
+        out: dict[str, Any] = {}
+        for name in _STATE_FIELDS:
+            value = getattr(self, name)
+            out[name] = value.timestamp() if isinstance(value, datetime) else value
+        return out
+
+    @classmethod
+    def from_state(cls, calendar: Calendar, state: dict[str, Any]) -> Clocks:
+        """Clocks saved by :meth:`to_state`."""
+        clocks = cls(calendar)
+        for name in _STATE_FIELDS:
+            value = state.get(name)
+            if name in _TIME_FIELDS and value is not None:
+                value = datetime.fromtimestamp(value, UTC)
+            if value is not None:
+                setattr(clocks, name, value)
+        return clocks
+
     def report(self, policy: Policy, now: datetime) -> Report:
         """The clocks as of ``now`` against ``policy``."""
         used_now = self._used_at(now)
         paused = self.status in PAUSED
-        # Resolved without a reply (solved on the phone, say): the first-response clock
-        # stops there too.
-        first_stop = self.first_reply_used
-        if self.first_done_used is not None and (
-            first_stop is None or self.first_done_used < first_stop
-        ):
-            first_stop = self.first_done_used
+        first_stop = self.first_response_stop()
         first = _target(policy.first_response, first_stop, used_now, paused, self.calendar, now)
+        first_at = self.first_response_at()
         resolution = _target(
             policy.resolution, self.resolved_used, used_now, paused, self.calendar, now
         )
@@ -161,8 +203,8 @@ class Clocks:
         return Report(
             first_response=first,
             resolution=resolution,
-            first_response_calendar=(self.first_reply - created).total_seconds()
-            if created and self.first_reply
+            first_response_calendar=(first_at - created).total_seconds()
+            if created and first_at
             else None,
             resolution_calendar=(self.resolved - created).total_seconds()
             if created and self.resolved
@@ -202,6 +244,17 @@ def clocks_for(calendar: Calendar, events: list[tuple[datetime, str, dict[str, A
 
 
 SLA_KINDS = ("created", "status", "sent")
+_TIME_FIELDS = {"created", "run_since", "waiting_since", "first_reply", "resolved", "first_done"}
+_STATE_FIELDS = (
+    *sorted(_TIME_FIELDS),
+    "status",
+    "used",
+    "waiting",
+    "first_reply_used",
+    "resolved_used",
+    "first_done_used",
+    "reopens",
+)
 
 
 def reports(

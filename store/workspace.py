@@ -6,10 +6,12 @@ The CLI, the poller, the TUI and the tests all start from :func:`open_workspace`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from store.clocks import Keeper
 from store.config import Settings
 from store.db import Database
 from store.models import Queue, QueueAlias
@@ -29,10 +31,14 @@ class Workspace:
         self.db.close()
 
 
-def open_workspace(settings: Settings, *, upgrade: bool = True, cache_mb: int = 64) -> Workspace:
+def open_workspace(
+    settings: Settings, *, upgrade: bool = True, cache_mb: int = 64, progress: Any = None
+) -> Workspace:
     """Open (and by default migrate) the configured database and mirror the queues into it.
 
     ``cache_mb``: SQLite page cache per connection (see :meth:`Database.open`).
+    SLA clocks are kept from here on; after a change of calendar or SLA rules they are
+    recomputed first, calling ``progress(done, total)`` between chunks.
     """
     password = resolve_password(settings.database, "[database]")
     db = Database.open(
@@ -44,6 +50,7 @@ def open_workspace(settings: Settings, *, upgrade: bool = True, cache_mb: int = 
     )
     with db.write() as session:
         sync_queues(session, settings)
+    db.keep_clocks(Keeper.from_settings(settings), progress)
     return Workspace(settings, db)
 
 

@@ -478,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
 
-    from tui import cli_reply, cli_sla
+    from tui import cli_reply, cli_report, cli_sla
 
     cli_reply.add_commands(sub)
+    cli_report.add_commands(sub)
     cli_sla.add_commands(sub)
 
     p = sub.add_parser("show", help="show one ticket")

@@ -1,0 +1,377 @@
+"""Team reports: volume, backlog, response and resolution times, SLA attainment, satisfaction.
+
+One function, :func:`build`, gives the numbers both ``deskq report`` and the TUI's
+reports screen show, read from the ``ticket_clocks`` cache (:mod:`store.clocks`), one
+narrow row per ticket.
+
+What is counted:
+
+- The *cohort* is the tickets created in the period (``since`` to ``until``), in the
+  chosen queue. Times, attainment, reopens and ratings are those tickets'.
+- First response and resolution are business seconds of the calendar, with the
+  calendar (wall-clock) figures beside them; percentiles are nearest-rank (the median
+  of 1, 2, 3, 4 is 2), over the tickets whose clock has stopped.
+- A target is *met* when its clock stopped within it, *breached* when it stopped late
+  or is still open past it (paused or not); tickets still within a running target are
+  not counted either way.
+- Days are days of the calendar's timezone. *Backlog* at the end of a day is every
+  ticket of the queue created by then and not resolved by then (a reopened ticket
+  counts as open until it is resolved again), whenever it was created.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Integer, cast, func, select
+from sqlalchemy.orm import Session
+
+from store.models import Person, Queue, TicketClock
+
+BY = ("queue", "provider", "category", "week")
+BUCKET = 900  # seconds: days are assembled from quarter hours (every real UTC offset)
+DONE = ("resolved", "closed")
+
+
+class ReportError(ValueError):
+    """A report option that cannot be used; the message says what to write instead."""
+
+
+@dataclass
+class Figures:
+    """The numbers of one group (or of the whole cohort)."""
+
+    key: str
+    received: int = 0
+    resolved: int = 0  # resolved or closed now
+    open: int = 0
+    first_response: dict[str, float | None] = field(default_factory=dict)  # median/p90
+    first_response_calendar: dict[str, float | None] = field(default_factory=dict)
+    resolution: dict[str, float | None] = field(default_factory=dict)
+    resolution_calendar: dict[str, float | None] = field(default_factory=dict)
+    first_response_met: int = 0
+    first_response_breached: int = 0
+    resolution_met: int = 0
+    resolution_breached: int = 0
+    reopens: int = 0
+    ratings: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])  # count of 1..5
+
+    @property
+    def rated(self) -> int:
+        """How many tickets carry a rating."""
+        return sum(self.ratings)
+
+    @property
+    def satisfaction(self) -> float | None:
+        """Mean rating (1-5)."""
+        n = self.rated
+        return sum((i + 1) * c for i, c in enumerate(self.ratings)) / n if n else None
+
+    @staticmethod
+    def attainment(met: int, breached: int) -> float | None:
+        """Share of targets met, 0-1 (None when none was decided)."""
+        return met / (met + breached) if met + breached else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, with the derived figures."""
+        out = asdict(self)
+        out["first_response_attainment"] = self.attainment(
+            self.first_response_met, self.first_response_breached
+        )
+        out["resolution_attainment"] = self.attainment(
+            self.resolution_met, self.resolution_breached
+        )
+        out["rated"], out["satisfaction"] = self.rated, self.satisfaction
+        return out
+
+
+@dataclass(frozen=True)
+class Day:
+    """One day of the period: tickets received and resolved that day, backlog at its end."""
+
+    day: date
+    received: int
+    resolved: int
+    backlog: int
+
+
+@dataclass
+class Report:
+    """A whole report: the cohort's totals, its groups and the days of the period."""
+
+    since: datetime
+    until: datetime
+    queue: str | None
+    by: str
+    timezone: str
+    total: Figures
+    groups: list[Figures]
+    days: list[Day]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "queue": self.queue,
+            "by": self.by,
+            "timezone": self.timezone,
+            "total": self.total.as_dict(),
+            "groups": [g.as_dict() for g in self.groups],
+            "days": [
+                {"day": d.day.isoformat(), "received": d.received, "resolved": d.resolved}
+                | {"backlog": d.backlog}
+                for d in self.days
+            ],
+        }
+
+
+def parse_since(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
+    """``30d``, ``12w``, ``6m`` (months of 30 days), ``2026-01-01`` or ``all`` (None)."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    units = {"d": 1, "w": 7, "m": 30, "y": 365}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return now - timedelta(days=int(text[:-1]) * units[text[-1]])
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ReportError(
+            f"--since {text!r} is not a period: use e.g. 30d, 12w, 6m, 1y, 2026-01-01 or all"
+        ) from None
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """Nearest-rank median and 90th percentile (``values`` sorted in place)."""
+    if not values:
+        return {"median": None, "p90": None}
+    values.sort()
+    n = len(values)
+    return {
+        "median": values[max(math.ceil(0.5 * n), 1) - 1],
+        "p90": values[max(math.ceil(0.9 * n), 1) - 1],
+    }
+
+
+class _Group:
+    """Running sums of one group while the rows stream by."""
+
+    def __init__(self, key: str) -> None:
+        self.figures = Figures(key)
+        self.lists: tuple[list[float], list[float], list[float], list[float]] = ([], [], [], [])
+
+    def finish(self) -> Figures:
+        f = self.figures
+        f.first_response = percentiles(self.lists[0])
+        f.first_response_calendar = percentiles(self.lists[1])
+        f.resolution = percentiles(self.lists[2])
+        f.resolution_calendar = percentiles(self.lists[3])
+        return f
+
+
+def _day_starts(first: date, last: date, tz: ZoneInfo) -> list[float]:
+    """Epoch seconds of local midnight for each day from ``first`` to ``last`` + 1."""
+    out, day = [], first
+    while day <= last + timedelta(days=1):
+        out.append(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+        day += timedelta(days=1)
+    return out
+
+
+def build(
+    session: Session,
+    *,
+    calendar_tz: ZoneInfo,
+    since: datetime | None,
+    until: datetime,
+    queue: str | None = None,
+    by: str = "queue",
+) -> Report:
+    """The report of the tickets created from ``since`` (None: ever) to ``until``."""
+    if by not in BY:
+        raise ReportError(f"--by {by!r} is not known; use one of {', '.join(BY)}")
+    c = TicketClock
+    where: list[Any] = [c.created < until.timestamp()]
+    queue_id = None
+    if queue is not None:
+        queue_id = session.scalar(select(Queue.id).where(Queue.key == queue))
+        if queue_id is None:
+            known = ", ".join(session.scalars(select(Queue.key).order_by(Queue.key)))
+            raise ReportError(f"there is no queue {queue!r}; queues are {known}")
+        where.append(c.queue_id == queue_id)
+    if since is None:
+        first = session.scalar(select(func.min(c.created)).where(*where))
+        since = datetime.fromtimestamp(first, UTC) if first is not None else until
+    where.append(c.created >= since.timestamp())
+    now = until.timestamp()
+
+    names = _group_names(session, by)
+    first_day = since.astimezone(calendar_tz).date()
+    last_day = until.astimezone(calendar_tz).date()
+    week_starts: list[float] = []
+    week_names: list[str] = []
+    if by == "week":
+        monday = first_day - timedelta(days=first_day.weekday())
+        while monday <= last_day:
+            week_starts.append(datetime(*monday.timetuple()[:3], tzinfo=calendar_tz).timestamp())
+            iso = monday.isocalendar()
+            week_names.append(f"{iso.year}-W{iso.week:02d}")
+            monday += timedelta(days=7)
+
+    total = _Group("all")
+    groups: dict[Any, _Group] = {}
+    column = {"queue": c.queue_id, "provider": c.assignee_id, "category": c.category}.get(
+        by, c.created
+    )
+    stmt = select(
+        column,
+        c.status,
+        c.first_response,
+        c.first_response_calendar,
+        c.resolution,
+        c.resolution_calendar,
+        c.first_response_target,
+        c.resolution_target,
+        c.first_response_due,
+        c.resolution_due,
+        c.reopens,
+        c.rating,
+    ).where(*where)
+    for row in session.execute(stmt).tuples():
+        key: Any = row[0]
+        if by == "week":
+            key = week_names[max(bisect_right(week_starts, float(key)) - 1, 0)]
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(names(key) if by != "week" else str(key))
+        for g in (total, group):
+            _add(g, row, now)
+
+    figures = sorted((g.finish() for g in groups.values()), key=lambda f: (-f.received, f.key))
+    if by == "week":
+        figures.sort(key=lambda f: f.key)
+    return Report(
+        since=since,
+        until=until,
+        queue=queue,
+        by=by,
+        timezone=str(calendar_tz),
+        total=total.finish(),
+        groups=figures,
+        days=_days(session, queue_id, first_day, last_day, calendar_tz, since, until),
+    )
+
+
+def _add(g: _Group, row: Any, now: float) -> None:
+    _, status, fr, frc, res, resc, fr_target, res_target, fr_due, res_due, reopens, rating = row
+    f = g.figures
+    f.received += 1
+    if status in DONE:
+        f.resolved += 1
+    else:
+        f.open += 1
+    f.reopens += reopens
+    if rating is not None and 1 <= rating <= 5:
+        f.ratings[rating - 1] += 1
+    if fr is not None:
+        g.lists[0].append(fr)
+        if frc is not None:
+            g.lists[1].append(frc)
+    if res is not None:
+        g.lists[2].append(res)
+        if resc is not None:
+            g.lists[3].append(resc)
+    if fr_target is not None:
+        if fr is not None:
+            if fr <= fr_target:
+                f.first_response_met += 1
+            else:
+                f.first_response_breached += 1
+        elif fr_due is not None and fr_due <= now:  # still open, already missed
+            f.first_response_breached += 1
+    if res_target is not None:
+        if res is not None:
+            if res <= res_target:
+                f.resolution_met += 1
+            else:
+                f.resolution_breached += 1
+        elif res_due is not None and res_due <= now:
+            f.resolution_breached += 1
+
+
+def _group_names(session: Session, by: str) -> Any:
+    if by == "queue":
+        queues = dict(session.execute(select(Queue.id, Queue.key)).tuples().all())
+        return lambda key: queues.get(key, f"queue {key}")
+    if by == "provider":
+        people: dict[int, str] = {}
+
+        def provider(key: int | None) -> str:
+            if key is None:
+                return "(unassigned)"
+            if key not in people:
+                p = session.get(Person, key)
+                people[key] = (p.display_name or p.address) if p else f"person {key}"
+            return people[key]
+
+        return provider
+    return lambda key: key if key else "(none)"
+
+
+def _days(
+    session: Session,
+    queue_id: int | None,
+    first: date,
+    last: date,
+    tz: ZoneInfo,
+    since: datetime,
+    until: datetime,
+) -> list[Day]:
+    """Received, resolved and backlog per local day, from quarter-hour counts in SQL."""
+    c = TicketClock
+    sqlite = session.get_bind().dialect.name == "sqlite"  # SQLite's CAST truncates, PG's rounds
+    starts = _day_starts(first, last, tz)
+    lo, hi = starts[0], min(starts[-1], until.timestamp())
+    scope = [c.queue_id == queue_id] if queue_id is not None else []
+
+    def counted(col: Any) -> tuple[int, list[tuple[int, int]]]:
+        before = session.scalar(select(func.count()).where(col < lo, *scope)) or 0
+        bucket = cast(col / BUCKET, Integer) if sqlite else func.floor(col / BUCKET)
+        rows = session.execute(
+            select(bucket, func.count())
+            .where(col >= lo, col < hi, *scope)
+            .group_by(bucket)
+            .order_by(bucket)
+        ).all()
+        return int(before), [(int(b), int(n)) for b, n in rows]
+
+    created_before, created = counted(c.created)
+    resolved_before, resolved = counted(c.resolved)
+    received_per = _per_day(created, starts)
+    resolved_per = _per_day(resolved, starts)
+    backlog = created_before - resolved_before
+    out = []
+    for i in range(len(starts) - 1):
+        day = first + timedelta(days=i)
+        if day > last:
+            break
+        backlog += received_per[i] - resolved_per[i]
+        out.append(Day(day, received_per[i], resolved_per[i], backlog))
+    return out
+
+
+def _per_day(buckets: Iterable[tuple[int, int]], starts: list[float]) -> list[int]:
+    counts = [0] * len(starts)
+    for bucket, n in buckets:
+        i = bisect_right(starts, bucket * BUCKET) - 1
+        if 0 <= i < len(counts):
+            counts[i] += n
+    return counts
