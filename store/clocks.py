@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.calendar import Calendar
 from store.models import Event, Meta, Queue, Ticket, TicketClock
-from store.sla import Clocks, Policy
+from store.sla import Clocks, Policy, Report
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +244,21 @@ def ensure(factory: sessionmaker[Session], keeper: Keeper, progress: Any = None)
         else:
             row.value = keeper.fingerprint
     return len(ids)
+
+
+def reports(
+    session: Session, keeper: Keeper, ticket_ids: Iterable[int], now: datetime
+) -> dict[int, Report]:
+    """The clocks of ``ticket_ids`` as of ``now``, from the cached rows (no event replay)."""
+    ids = sorted(set(ticket_ids))
+    out: dict[int, Report] = {}
+    for start in range(0, len(ids), CHUNK):
+        rows = session.execute(
+            select(CLOCKS.c.ticket_id, CLOCKS.c.state, CLOCKS.c.priority, Queue.key)
+            .join(Queue, Queue.id == CLOCKS.c.queue_id)
+            .where(CLOCKS.c.ticket_id.in_(ids[start : start + CHUNK]))
+        )
+        for tid, state, priority, queue in rows:
+            clocks = Clocks.from_state(keeper.calendar, state)
+            out[tid] = clocks.report(keeper.policy_for(queue, priority), now)
+    return out

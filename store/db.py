@@ -128,6 +128,7 @@ class Database:
         )
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self.keeper: Any = None  # store.clocks.Keeper once keep_clocks() was called
 
     @classmethod
     def open(
@@ -174,6 +175,7 @@ class Database:
         """
         from store import clocks
 
+        self.keeper = keeper
         clocks.install(self._write, keeper)
         return clocks.ensure(self._write, keeper, progress)
 

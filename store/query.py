@@ -14,6 +14,7 @@ import difflib
 import math
 import re
 import shlex
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,12 +37,25 @@ FILTER_KEYS = {
     "from": "part of the requester's address or name",
     "tag": "a tag",
     "category": "a category, or none",
-    "is": "active, waiting, done, unassigned, mine, unread, quarantined, merged",
+    "is": "active, waiting, done, unassigned, mine, unread, quarantined, merged, "
+    "breaching (an SLA target running or missed), breached",
     "age": "how long ago it was opened: age:<2h, age:>3d (units m, h, d, w)",
     "id": "ticket numbers: id:12,15",
-    "sort": "id, age, updated, prio, status, queue, requester, assignee, subject "
-    "(newest, most urgent, A-Z first); sort:-FIELD reverses",
+    "sort": "id, age, updated, prio, status, queue, requester, assignee, subject, left "
+    "(newest, most urgent, A-Z, least SLA time left first); sort:-FIELD reverses",
 }
+IS_KINDS = (
+    "active",
+    "waiting",
+    "done",
+    "unassigned",
+    "mine",
+    "unread",
+    "quarantined",
+    "merged",
+    "breaching",
+    "breached",
+)
 ALIASES = {"priority": "prio", "cat": "category", "requester": "from", "to": "assignee"}
 SORT_KEYS = (
     "id",
@@ -53,6 +67,7 @@ SORT_KEYS = (
     "requester",
     "assignee",
     "subject",
+    "left",
 )
 ACTIVE = (Status.NEW, Status.OPEN, Status.PENDING, Status.ON_HOLD)
 WAITING = (Status.PENDING, Status.ON_HOLD)
@@ -125,7 +140,7 @@ def _check_value(key: str, value: str) -> str:
     if key == "assignee" and value.lower() in ("me", "none"):
         return value.lower()
     if key == "is":
-        kinds = FILTER_KEYS["is"].split(", ")
+        kinds = list(IS_KINDS)
         if value.lower() not in kinds:
             raise QueryError(
                 f"is:{value} is not known{_suggest(value.lower(), kinds)}; use {FILTER_KEYS['is']}"
@@ -248,6 +263,13 @@ def _is_condition(value: str, me_id: int | None) -> ColumnElement[bool]:
         return Ticket.merged_into_id.is_not(None)
     if value == "quarantined":
         return Ticket.id.in_(select(TicketFlag.ticket_id).where(TicketFlag.flag == "quarantined"))
+    if value in ("breaching", "breached"):
+        from store.models import TicketClock
+
+        due: ColumnElement[bool] = TicketClock.due.is_not(None)
+        if value == "breached":
+            due = TicketClock.due <= time.time()
+        return Ticket.id.in_(select(TicketClock.ticket_id).where(due))
     # unread: no read mark, or one older than the ticket's current version
     read = select(TicketRead.version).where(
         TicketRead.ticket_id == Ticket.id, TicketRead.person_id == me_id
@@ -402,4 +424,10 @@ def sort_expression(sort: str) -> Any:
     if sort == "assignee":
         name = func.coalesce(func.nullif(ASSIGNEE.display_name, ""), ASSIGNEE.address)
         return func.coalesce(func.lower(name), "")
+    if sort == "left":
+        from store.clocks import FAR
+        from store.models import TicketClock
+
+        due = select(TicketClock.due).where(TicketClock.ticket_id == Ticket.id)
+        return func.coalesce(due.scalar_subquery(), FAR)
     return func.lower(Ticket.subject)

@@ -245,7 +245,7 @@ def build(
         c.reopens,
         c.rating,
     ).where(*where)
-    for row in session.execute(stmt).tuples():
+    for row in session.execute(stmt):
         key: Any = row[0]
         if by == "week":
             key = week_names[max(bisect_right(week_starts, float(key)) - 1, 0)]
@@ -309,7 +309,7 @@ def _add(g: _Group, row: Any, now: float) -> None:
 
 def _group_names(session: Session, by: str) -> Any:
     if by == "queue":
-        queues = dict(session.execute(select(Queue.id, Queue.key)).tuples().all())
+        queues = {qid: key for qid, key in session.execute(select(Queue.id, Queue.key))}
         return lambda key: queues.get(key, f"queue {key}")
     if by == "provider":
         people: dict[int, str] = {}
@@ -375,3 +375,24 @@ def _per_day(buckets: Iterable[tuple[int, int]], starts: list[float]) -> list[in
         if 0 <= i < len(counts):
             counts[i] += n
     return counts
+
+
+def for_settings(
+    session: Session,
+    settings: Any,
+    since: str,
+    *,
+    now: datetime,
+    queue: str | None = None,
+    by: str = "queue",
+) -> Report:
+    """The report ``deskq report`` and the reports screen show: ``since`` as typed."""
+    tz = settings.business_calendar().tz
+    return build(
+        session,
+        calendar_tz=tz,
+        since=parse_since(since, now, tz),
+        until=now,
+        queue=queue,
+        by=by,
+    )

@@ -8,7 +8,9 @@ transaction (``with db.write() as session: claim(session, ...)``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -94,6 +96,19 @@ def get_or_create_person(
     return person
 
 
+_ACTING_AT: ContextVar[datetime | None] = ContextVar("deskq_acting_at", default=None)
+
+
+@contextmanager
+def acting_at(at: datetime) -> Iterator[None]:
+    """Stamp the actions taken inside with ``at`` instead of now (imports, the demo)."""
+    token = _ACTING_AT.set(at)
+    try:
+        yield
+    finally:
+        _ACTING_AT.reset(token)
+
+
 def record_event(
     session: Session,
     ticket: Ticket,
@@ -109,7 +124,7 @@ def record_event(
         actor_id=actor.id if actor else None,
         version=ticket.version,
         data=data or {},
-        at=at or utcnow(),
+        at=at or _ACTING_AT.get() or utcnow(),
     )
     session.add(event)
     return event
@@ -214,7 +229,7 @@ class _Change:
         self.ticket = _load_for_change(session, ticket_id, expected_version)
         # None: act on the version locked now (a command-line action on a ticket by id).
         self.expected = self.ticket.version if expected_version is None else expected_version
-        self.at = utcnow()
+        self.at = _ACTING_AT.get() or utcnow()
 
     def event(self, kind: str, data: dict[str, Any] | None = None) -> Event:
         if self.ticket.version == self.expected:

@@ -75,6 +75,7 @@ class DeskqApp(App[None]):
             None  # emails that failed for good  # event ids not visible yet -> when first missed
         )
         self._handler: NoticeHandler | None = None
+        self.breach_checked = time.time()  # SLA misses after this are announced
 
     def on_mount(self) -> None:
         from tui.queue_screen import QueueScreen
@@ -140,6 +141,7 @@ class DeskqApp(App[None]):
         self.gaps = {g: t for g, t in self.gaps.items() if now - t < GAP_PATIENCE}
         changes = self.desk.changes(self.cursor, self.gaps)
         self.gaps = {g: self.gaps.get(g, now) for g in changes.gaps}
+        self._look_for_breaches()
         if changes.cursor == self.cursor and not changes.touched:
             return
         self.cursor = changes.cursor
@@ -149,6 +151,22 @@ class DeskqApp(App[None]):
             self.call_from_thread(self._outbox_changed)
         fresh = self.desk.rows(Query(), changes.created) if changes.created else {}
         self.call_from_thread(self._changed, changes, [r for r in fresh.values() if r])
+
+    def _look_for_breaches(self) -> None:
+        """Announce my tickets that just missed an SLA target, and redraw their rows."""
+        until = time.time()
+        breached = self.desk.breached_since(self.breach_checked, until)
+        self.breach_checked = until
+        if breached and self.cursor is not None:
+            self.call_from_thread(self._breached, breached)
+
+    def _breached(self, breached: list[tuple[int, str]]) -> None:
+        for tid, subject in breached[:3]:
+            notice(self, f"SLA breached: #{tid} {subject}", "warning", timeout=10)
+        if len(breached) > 3:
+            notice(self, f"and {len(breached) - 3} more of your tickets breached", "warning")
+        ids = frozenset(tid for tid, _ in breached)
+        self._changed(Changes(self.cursor or 0, ids, frozenset()), [])
 
     def _outbox_changed(self) -> None:
         for screen in self.screen_stack:
@@ -210,6 +228,7 @@ PALETTE = (
     ("reload", "Reload (ctrl+l)", "read the queue again"),
     ("reply", "Reply (r)", "answer with a template, edit, send"),
     ("outbox", "Outbox (O)", "queued and failed mail; retry"),
+    ("reports", "Reports (T)", "volume, backlog, response times, SLA attainment, ratings"),
     ("unread", "Mark unread (U)", "show the ticket as unseen"),
     ("attachments", "Attachments (A)", "save or open an attachment"),
     ("links", "Linked tickets (L)", "go to a linked ticket"),

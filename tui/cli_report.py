@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from store.report import BY, Figures, Report, ReportError, build, parse_since
+from store.report import BY, Figures, Report, ReportError, for_settings
 from tui.cli import EXIT_OK, EXIT_USAGE, UserError, _workspace
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -173,11 +173,8 @@ def csv_row(f: Figures) -> list[Any]:
 
 def make_report(ws: Any, since: str, queue: str | None, by: str, now: datetime) -> Report:
     """The report both the command and the reports screen show."""
-    tz = ws.settings.business_calendar().tz
     with ws.db.session() as s:
-        return build(
-            s, calendar_tz=tz, since=parse_since(since, now, tz), until=now, queue=queue, by=by
-        )
+        return for_settings(s, ws.settings, since, now=now, queue=queue, by=by)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +77,36 @@ def seed_activity(ws: Workspace) -> None:
 
     Deterministic: some claimed by one of three providers, some waiting or resolved,
     priorities and categories set, a few notes and links, the older ones read by me.
+    Each action is stamped minutes to days after the ticket arrived (never in the
+    future), so SLA clocks and reports show a plausible history; some resolved
+    tickets carry the requester's rating, as a rating reply would record it.
     """
     from store.pages import mark_read
 
     with ws.db.write() as s:
         people = [get_or_create_person(s, a, n, provider=True) for a, n in DEMO_PROVIDERS]
         tickets = s.scalars(select(Ticket).order_by(Ticket.id)).all()
-        plan = [(t.id, t.queue.key) for t in tickets if t.merged_into_id is None]
+        plan = [(t.id, t.queue.key, t.created_at) for t in tickets if t.merged_into_id is None]
     rng = random.Random(42)
-    for index, (tid, queue) in enumerate(plan):
+    now = datetime.now(UTC)
+    for index, (tid, queue, created) in enumerate(plan):
+        clock = _DemoClock(created, now, random.Random(tid))  # the plan's rng stays as it was
         with ws.db.write() as s:
-            _triage_one(s, tid, queue, index, len(plan), people, rng)
+            _triage_one(s, tid, queue, index, len(plan), people, rng, clock)
             if index < len(plan) * 0.6:
                 mark_read(s, people[0].id, tid, services.current_version(s, tid))
+
+
+class _DemoClock:
+    """Times for one ticket's actions: each a while after the last, at most now."""
+
+    def __init__(self, start: datetime, now: datetime, rng: random.Random) -> None:
+        self.at, self.now, self.rng = start, now, rng
+
+    def next(self, mean_hours: float) -> datetime:
+        wait = timedelta(hours=self.rng.expovariate(1 / mean_hours))
+        self.at = min(self.at + wait, self.now - timedelta(seconds=1))
+        return self.at
 
 
 def _triage_one(
@@ -100,15 +117,17 @@ def _triage_one(
     total: int,
     people: list[Person],
     rng: random.Random,
+    clock: _DemoClock,
 ) -> None:
     _me, *_others = people
     provider = [s.merge(p) for p in people][rng.randrange(3)]
     version = services.current_version(s, tid)
 
-    def step(fn: Any, *args: Any) -> None:
+    def step(fn: Any, *args: Any, wait: float = 0.5) -> None:
         nonlocal version
-        fn(s, tid, version, provider, *args)
-        s.flush()
+        with services.acting_at(clock.next(wait)):
+            fn(s, tid, version, provider, *args)
+            s.flush()
         version = services.current_version(s, tid)
 
     old = index < total * 0.45
@@ -120,11 +139,19 @@ def _triage_one(
     if rng.random() < 0.6:
         step(services.set_category, rng.choice(CATEGORIES.get(queue, ("general",))))
     if old or rng.random() < 0.5:
-        step(services.claim)
+        step(services.claim, wait=3)
         if rng.random() < 0.2:
             step(services.add_note, rng.choice(NOTES))
         if old:
-            step(services.set_status, Status.RESOLVED if rng.random() < 0.8 else Status.CLOSED)
+            done = Status.RESOLVED if rng.random() < 0.8 else Status.CLOSED
+            step(services.set_status, done, wait=30)
+            if clock.rng.random() < 0.4:
+                ticket = s.get(Ticket, tid)
+                assert ticket is not None
+                rating = clock.rng.choice((5, 5, 5, 4, 4, 3, 2))
+                services.record_event(
+                    s, ticket, "rating", None, {"rating": rating, "comment": ""}, clock.next(20)
+                )
         else:
             step(
                 services.set_status,

@@ -110,7 +110,6 @@ class Desk:
         import threading
 
         self.ws = ws
-        self._calendar: Any = None  # the business calendar, built on first use
         self.wake_sender = threading.Event()  # set after queueing: the sender goes at once
         self.me = ws.settings.me.strip().lower()
         with ws.db.session() as session:
@@ -142,22 +141,14 @@ class Desk:
 
     def _with_sla(self, s: Session, rows: list[pages.QueueRow]) -> list[pages.QueueRow]:
         """Rows with their time left on the nearest SLA target (only when SLAs are set)."""
-        if not self.ws.settings.sla or not rows:
+        if not self.ws.settings.sla or not rows or self.ws.db.keeper is None:
             return rows
         from datetime import UTC, datetime
 
-        from store import sla
+        from store import clocks, sla
 
-        if self._calendar is None:
-            self._calendar = self.ws.settings.business_calendar()
-        active = [r.ticket for r in rows if r.ticket.status not in ("resolved", "closed")]
-        found = sla.reports(
-            s,
-            self.ws.settings,
-            [(t.id, t.queue, t.priority) for t in active],
-            datetime.now(UTC),
-            self._calendar,
-        )
+        active = [r.ticket.id for r in rows if r.ticket.status not in ("resolved", "closed")]
+        found = clocks.reports(s, self.ws.db.keeper, active, datetime.now(UTC))
         out = []
         for row in rows:
             target = sla.nearest(found[row.ticket.id]) if row.ticket.id in found else None
@@ -354,6 +345,38 @@ class Desk:
                 }
                 for i in s.scalars(stmt)
             ]
+
+    def breached_since(self, since: float, until: float) -> list[tuple[int, str]]:
+        """My active tickets whose SLA target was missed in (since, until]: (id, subject)."""
+        from sqlalchemy import select
+
+        from store.models import Ticket, TicketClock
+
+        if self.me_id is None or self.ws.db.keeper is None:
+            return []
+        with self.ws.db.session() as s:
+            rows = s.execute(
+                select(Ticket.id, Ticket.subject)
+                .join(TicketClock, TicketClock.ticket_id == Ticket.id)
+                .where(
+                    TicketClock.due > since,
+                    TicketClock.due <= until,
+                    TicketClock.assignee_id == self.me_id,
+                )
+                .order_by(TicketClock.due)
+            )
+            return [(tid, subject) for tid, subject in rows]
+
+    def report(self, since: str, queue: str | None, by: str) -> Any:
+        """The team report (:func:`store.report.for_settings`) as of now."""
+        from datetime import UTC, datetime
+
+        from store.report import for_settings
+
+        with self.ws.db.session() as s:
+            return for_settings(
+                s, self.ws.settings, since, now=datetime.now(UTC), queue=queue, by=by
+            )
 
     def outbox_failed(self) -> int:
         """How many emails failed for good (shown on the queue's status line)."""

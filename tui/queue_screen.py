@@ -35,13 +35,18 @@ class View:
     saved: bool = False
 
 
+LEFT_REFRESH = 30.0  # seconds between redraws of the SLA time left
+
+
 def builtin_views(settings: Settings) -> list[View]:
-    """All, mine, unassigned, one per queue, waiting, resolved."""
+    """All, mine, unassigned, breaching (with SLAs), one per queue, waiting, resolved."""
     views = [
         View("All", ""),
         View("Mine", "assignee:me is:active"),
         View("Unassigned", "is:unassigned is:active"),
     ]
+    if settings.sla:
+        views.append(View("Breaching", "is:breaching sort:left"))
     views += [
         View(q.name if len(q.name) <= 12 else q.key, f"queue:{q.key} is:active")
         for q in settings.queue
@@ -66,6 +71,7 @@ QUEUE_KEYS = (
     ("r", "reply (template, edit, send)"),
     ("U", "mark the ticket unread"),
     ("O", "the outbox: queued and failed mail, retry"),
+    ("T", "reports: volume, backlog, response times, SLA attainment, ratings"),
     ("ctrl+l", "reload"),
     ("? q", "this help; quit"),
 )
@@ -87,6 +93,7 @@ class QueueScreen(Screen[None]):
         Binding("U", "unread", "Unread", show=False),
         Binding("r", "reply", "Reply"),
         Binding("O", "outbox", "Outbox", show=False),
+        Binding("T", "reports", "Reports", show=False),
         Binding("ctrl+l", "reload", "Reload", show=False),
         *triage_bindings(shown="cas"),
     ]
@@ -114,6 +121,14 @@ class QueueScreen(Screen[None]):
         self.query_one("#filter").display = False
         self._load_saved_views()
         self.show_view(0)
+        if self.settings.sla:  # time left shrinks without any event: redraw it now and then
+            self.set_interval(LEFT_REFRESH, self._refresh_left, name="sla-left")
+
+    def _refresh_left(self) -> None:
+        lst = self.tickets
+        shown = {r.ticket.id for r in lst.rows[lst.top : lst.top + lst.body_height]}
+        if shown:
+            self.run_worker(self.refresh_tickets(shown), group="sla-left", exclusive=True)
 
     @work(thread=True, group="views", exit_on_error=False)
     def _load_saved_views(self, select: str | None = None) -> None:
@@ -305,6 +320,11 @@ class QueueScreen(Screen[None]):
         from tui.outbox_screen import OutboxScreen
 
         self.app.push_screen(OutboxScreen(self.desk))
+
+    def action_reports(self) -> None:
+        from tui.reports_screen import ReportsScreen
+
+        self.app.push_screen(ReportsScreen(self.desk, [q.key for q in self.settings.queue]))
 
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:

@@ -60,9 +60,9 @@ COLUMNS = (
     Column("requester", "Requester", 0, 2),
     Column("subject", "Subject", 0, 5),
     Column("assignee", "Assignee", 10),
-    Column("due", "Left", 5),
+    Column("left", "Left", 5),
 )
-SORTABLE = {"id", "queue", "created", "prio", "status", "requester", "subject", "assignee"}
+SORTABLE = {"id", "queue", "created", "prio", "status", "requester", "subject", "assignee", "left"}
 
 
 def fit(text: str, width: int) -> str:
@@ -468,7 +468,7 @@ class TicketList(Widget, can_focus=True):
             "requester": person_label(t.requester.name, t.requester.address),
             "subject": ("⚠ " if "quarantined" in t.flags else "") + (t.subject or "(no subject)"),
             "assignee": assignee,
-            "due": "",
+            "left": "",
         }
 
     @staticmethod
@@ -498,7 +498,7 @@ class TicketList(Widget, can_focus=True):
         if is_cursor:
             base += self.get_component_rich_style("ticket-list--cursor")
         cells = self._cells(t, datetime.now(UTC))
-        cells["due"] = self.left_text(row)
+        cells["left"] = self.left_text(row)
         marker = ("*" if t.id in self.marked else " ") + ("●" if row.unread else " ")
         segments = [Segment(marker, base)]
         for column, w in self._layout():
@@ -506,7 +506,7 @@ class TicketList(Widget, can_focus=True):
             accent_name = None
             if column.key == "prio" and t.priority in ("high", "urgent"):
                 accent_name = f"ticket-list--{t.priority}"
-            elif column.key == "due" and row.sla_state in ("at-risk", "breached"):
+            elif column.key == "left" and row.sla_state in ("at-risk", "breached"):
                 accent_name = (
                     "ticket-list--high" if row.sla_state == "at-risk" else "ticket-list--urgent"
                 )

@@ -8,6 +8,7 @@ rebuilds every row; ingestion's bulk inserts keep rows too.
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -172,7 +173,16 @@ def test_rows_follow_priority_status_and_rating(db: Database) -> None:
         services.set_status(s, tid, version, alice, Status.PENDING)
     with db.session() as s:
         c = s.get(TicketClock, tid)
-        assert c is not None and c.due is None and c.status == "pending"  # paused: no due
+        assert c is not None and c.status == "pending"
+        # Paused, but both targets were missed long before: it stays listed as breached
+        # from the pause on (the pause's start is its due time).
+        assert c.due == c.state["waiting_since"] and c.due is not None and c.due < time.time()
+    with db.write() as s:
+        fresh = services.open_ticket(s, queue=queue, requester=bob, subject="y")
+        services.set_status(s, fresh.id, 1, alice, Status.PENDING)
+    with db.session() as s:
+        c = s.get(TicketClock, fresh.id)
+        assert c is not None and c.due is None  # paused within its targets: no due time
     with db.write() as s:
         t = s.get(Ticket, tid)
         assert t is not None
