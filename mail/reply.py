@@ -128,8 +128,33 @@ def context(
             "subject": answered.subject if answered else "",
             "text": answered.text_body if answered else "",
         },
-        "sla": {},
+        "sla": _sla(session, settings, ticket.id),
     }
+
+
+def _sla(session: Session, settings: Settings, ticket_id: int) -> dict[str, Any]:
+    """``sla.first_response`` / ``sla.resolution``: state, target_hours, due (empty: no SLA)."""
+    from datetime import UTC, datetime
+
+    from store import clocks
+
+    keeper = session.info.get("clocks") or clocks.Keeper.from_settings(settings)
+    found = clocks.reports(session, keeper, [ticket_id], datetime.now(UTC)).get(ticket_id)
+    if found is None or not settings.sla:
+        return {}
+    out: dict[str, Any] = {}
+    for name, target in (
+        ("first_response", found.first_response),
+        ("resolution", found.resolution),
+    ):
+        if target.target is None:
+            continue
+        out[name] = {
+            "state": target.state,
+            "target_hours": round(target.target / 3600, 1),
+            "due": target.due,
+        }
+    return out
 
 
 def signature(settings: Settings, queue: Queue, provider_name: str) -> str:

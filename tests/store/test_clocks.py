@@ -233,3 +233,27 @@ def test_running_due_is_in_business_time() -> None:
     # 1h on Friday, 3h on Monday from 09:00 CEST (07:00 UTC): 10:00 UTC.
     assert row["due"] == datetime(2026, 3, 30, 10, 0, tzinfo=UTC).timestamp()
     assert row["first_response"] is None and row["resolution"] is None
+
+
+def test_templates_see_the_ticket_sla(db: Database) -> None:
+    """``sla.first_response`` in a template: state, target and due time of the ticket."""
+    from mail.reply import context
+
+    settings, _ = _setup(db, RULES_A)
+    with db.write() as s:
+        queue = s.scalars(select(Queue)).one()
+        bob = services.get_or_create_person(s, "bob@corp.example")
+        friday = datetime(2026, 3, 27, 15, 0, tzinfo=UTC)  # 16:00 in Berlin
+        t = services.open_ticket(s, queue=queue, requester=bob, subject="x", at=friday)
+    with db.session() as s:
+        ticket = s.get(Ticket, t.id)
+        assert ticket is not None
+        sla = context(s, settings, ticket, None)["sla"]
+    assert sla["first_response"]["target_hours"] == 4.0
+    assert sla["first_response"]["state"] == "breached"  # long past by now
+    assert sla["resolution"]["target_hours"] == 24.0  # 3 working days of 8 hours
+    without = parse_settings(BASE)
+    with db.session() as s:
+        ticket = s.get(Ticket, t.id)
+        assert ticket is not None
+        assert context(s, without, ticket, None)["sla"] == {}
