@@ -139,7 +139,10 @@ def parse_since(text: str, now: datetime, tz: ZoneInfo) -> datetime | None:
         return None
     units = {"d": 1, "w": 7, "m": 30, "y": 365}
     if text[:-1].isdigit() and text[-1:] in units:
-        return now - timedelta(days=int(text[:-1]) * units[text[-1]])
+        try:
+            return now - timedelta(days=int(text[:-1]) * units[text[-1]])
+        except (OverflowError, ValueError):
+            raise ReportError(f"--since {text!r} reaches back too far: use all") from None
     try:
         day = date.fromisoformat(text)
     except ValueError:
@@ -210,6 +213,11 @@ def build(
     if since is None:
         first = session.scalar(select(func.min(c.created)).where(*where))
         since = datetime.fromtimestamp(first, UTC) if first is not None else until
+    if since > until:
+        raise ReportError(
+            f"--since {since.astimezone(calendar_tz).date()} is after the end of the period "
+            f"({until.astimezone(calendar_tz).date()}): use a date in the past"
+        )
     where.append(c.created >= since.timestamp())
     now = until.timestamp()
 
@@ -339,6 +347,8 @@ def _days(
     c = TicketClock
     sqlite = session.get_bind().dialect.name == "sqlite"  # SQLite's CAST truncates, PG's rounds
     starts = _day_starts(first, last, tz)
+    if len(starts) < 2:
+        return []
     lo, hi = starts[0], min(starts[-1], until.timestamp())
     scope = [c.queue_id == queue_id] if queue_id is not None else []
 

@@ -80,8 +80,11 @@ def sparkline(values: list[int]) -> str:
 
 def title(report: Report) -> str:
     """What the report covers, in one line."""
-    since = report.since.date().isoformat()
-    until = report.until.date().isoformat()
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(report.timezone)
+    since = report.since.astimezone(tz).date().isoformat()
+    until = report.until.astimezone(tz).date().isoformat()
     scope = f"queue {report.queue}" if report.queue else "all queues"
     return f"tickets created {since} to {until}, {scope}, by {report.by} (times in business hours)"
 
