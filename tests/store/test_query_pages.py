@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
 from store import pages, services
+from store.clocks import FAR
 from store.config import parse_settings
 from store.db import Database
 from store.models import (
@@ -32,11 +34,21 @@ from store.models import (
     SavedView,
     Status,
     Ticket,
+    TicketClock,
     TicketFlag,
     TicketRead,
     utcnow,
 )
-from store.query import FILTER_KEYS, SORT_KEYS, Query, QueryError, Term, conditions, parse_query
+from store.query import (
+    FILTER_KEYS,
+    IS_KINDS,
+    SORT_KEYS,
+    Query,
+    QueryError,
+    Term,
+    conditions,
+    parse_query,
+)
 from store.workspace import sync_queues
 
 CONFIG = """
@@ -101,6 +113,7 @@ class Spec:
     id: int = 0
     version: int = 1
     updated: datetime | None = None
+    due: float | None = None  # its ticket_clocks row's due time (None: no running target)
 
     @property
     def unread(self) -> bool:
@@ -226,6 +239,25 @@ def build_world(db: Database, n: int = 40, seed: int = 20261124) -> World:
             select(Ticket.id, Ticket.version, Ticket.updated_at)
         ):
             specs[tid].version, specs[tid].updated = version, updated
+    # SLA due times (ties, some missing, some past) as the clock cache would hold them.
+    past, soon = time.time() - 3600, time.time() + 3600
+    with db.write() as s:
+        for spec in specs.values():
+            spec.due = rng.choice([None, past, soon, soon, soon + 60])
+            s.add(
+                TicketClock(
+                    ticket_id=spec.id,
+                    last_event_id=0,
+                    state={},
+                    queue_id=1,
+                    priority="normal",
+                    status="open",
+                    created=0.0,
+                    due=spec.due,
+                    waiting=0.0,
+                    reopens=0,
+                )
+            )
     return World(db, now, people[ME], people, specs)
 
 
@@ -388,7 +420,8 @@ def test_every_documented_key_parses() -> None:
         "sort": "-prio",
     }
     assert set(samples) == set(FILTER_KEYS)
-    for kind in FILTER_KEYS["is"].split(", "):
+    for kind in IS_KINDS:
+        assert kind in FILTER_KEYS["is"]
         assert parse_query(f"is:{kind}").terms == (Term("is", (kind,)),)
     parse_query(" ".join(f"{k}:{v}" for k, v in samples.items()))
 
@@ -507,6 +540,8 @@ def _filter_cases(w: World) -> list[tuple[str, Callable[[Spec], bool]]]:
         ("-is:unread", lambda s: not s.unread),
         ("is:quarantined", lambda s: s.quarantined),
         ("is:merged", lambda s: s.merged),
+        ("is:breaching", lambda s: s.due is not None),
+        ("is:breached", lambda s: s.due is not None and s.due <= time.time()),
         ("age:<2h", newer(120)),
         ("age:>3d", older(3 * 1440)),
         ("age:<1d", newer(1440)),
@@ -600,6 +635,7 @@ SORT_TOKENS = [
     "from",
     "assignee",
     "subject",
+    "left",
 ]
 PAGED_FILTERS = ["", "is:active", "-tag:vpn", "is:unassigned", "queue:it", "vpn", "from:bob"]
 
@@ -624,6 +660,8 @@ def _sort_value(spec: Spec, sort: str) -> Any:
         return name(spec.requester)
     if sort == "assignee":
         return name(spec.assignee) if spec.assignee else ""
+    if sort == "left":
+        return spec.due if spec.due is not None else FAR
     assert sort == "subject"
     return spec.subject.lower()
 
