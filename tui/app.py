@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -258,9 +258,9 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-def open_for_tui(settings: Settings) -> Workspace:
+def open_for_tui(settings: Settings, progress: Any = None) -> Workspace:
     """The workspace as the TUI opens it (a smaller page cache than bulk ingestion)."""
-    return open_workspace(settings, cache_mb=TUI_CACHE_MB)
+    return open_workspace(settings, cache_mb=TUI_CACHE_MB, progress=progress)
 
 
 def make_app(

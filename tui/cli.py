@@ -34,10 +34,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(resolve_config_path(args.config))
 
 
+def clock_progress(done: int, total: int) -> None:
+    """Progress of computing SLA clocks (after a rule change or the upgrade that adds them)."""
+    end = "\n" if done >= total else "\r"
+    if sys.stderr.isatty():  # a log line says it too (store.clocks), for services
+        sys.stderr.write(
+            f"deskq: SLA rules changed: recomputed clocks of {done:,}/{total:,} tickets{end}"
+        )
+        sys.stderr.flush()
+
+
 def _workspace(args: argparse.Namespace) -> Workspace:
     from store.workspace import open_workspace
 
-    return open_workspace(_settings(args))
+    return open_workspace(_settings(args), progress=clock_progress)
 
 
 # --------------------------------------------------------------------------- commands
@@ -48,7 +58,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from store.config import load_settings, resolve_config_path
     from tui.app import open_for_tui
 
-    ws = open_for_tui(load_settings(resolve_config_path(args.config)))
+    ws = open_for_tui(load_settings(resolve_config_path(args.config)), progress=clock_progress)
     try:
         return run_tui(ws, poll=not args.no_poll)
     finally:
