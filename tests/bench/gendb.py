@@ -1,10 +1,15 @@
 """Build a large, realistic deskq database quickly, for benchmarks of the read side.
 
 Three years of IT, HR and Facilities tickets with their mail (indexed by the migration's
-full-text triggers) and histories whose versions match the tickets; the same seed gives
-the same rows. A worker process generates chunk n+1 while this one inserts chunk n (SQLAlchemy
-Core executemany, one transaction per chunk). The worker formats values as the dialect stores
-them (checked against the models' bind processors), so the big tables are bound untyped.
+full-text triggers) and histories whose versions match the tickets: replies queued and then
+sent, reopens, requesters' ratings; the same seed gives the same rows. A worker process
+generates chunk n+1 while this one inserts chunk n (SQLAlchemy Core executemany, one
+transaction per chunk). The worker formats values as the dialect stores them (checked
+against the models' bind processors), so the big tables are bound untyped. No outbox rows
+are written: a sent reply's outbox id is its message's id.
+
+Last, every ticket's SLA clocks are computed from the event log under :data:`SETTINGS`
+(``clocks_seconds``: what recomputing every clock after a policy change costs).
 
 Usage: python tests/bench/gendb.py [URL] [--tickets N] [--seed S] [--progress]
 Prints one JSON line; without URL it builds a temporary SQLite file and removes it.
@@ -32,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sqlalchemy import Connection, column, insert, make_url, table, text
 
 from mail.demo_mail import QUEUES, REPLIES, REQUESTS
+from store import clocks
+from store.config import parse_settings
 from store.db import Database
 from store.models import Base, Person, Queue, QueueAlias
 
@@ -91,6 +98,34 @@ STATUSES = ("new", "open", "pending", "on-hold", "resolved", "closed")
 AGED = ((30, (0, 1, 1, 1, 27, 70)), (7, (5, 15, 10, 5, 45, 20)), (0, (30, 35, 15, 5, 15, 0)))
 NULLABLE = _words("category assignee_id merged_into_id first_response_at resolved_at closed_at")
 SQLITE_BUILD = ("foreign_keys = OFF", "synchronous = OFF", "journal_mode = OFF")
+REOPENED, RATED = 0.04, 0.15  # shares of resolutions followed by a reopen, by a rating
+RATINGS = (3, 4, 10, 30, 53)  # weights of 1 to 5 stars
+COMMENTS = {
+    1: ("Nobody answered for days.", "Still not fixed properly.", ""),
+    2: ("I had to ask twice.", "Slow, but it works now.", ""),
+    3: ("Took a while.", "OK.", ""),
+    4: ("Works now, thanks.", "Thanks for the help!", "", ""),
+    5: ("Super quick, thank you!", "Great help, much appreciated.", "Perfect.", "", ""),
+}
+BACK = ("Sorry, the problem is back since this morning.", "It happens again, same as before.")
+FORMAT = 2  # of the generated data: bump when it changes, so cached builds are redone
+# The calendar and SLA rules the clocks are built with; benchmarks open workspaces with
+# the same ones (a different fingerprint would recompute every clock on opening).
+SETTINGS = """
+[calendar]
+timezone = "Europe/Berlin"
+hours = ["mon-fri 08:00-18:00"]
+country = "DE"
+
+[[sla]]
+first_response = "4h"
+resolution = "3d"
+
+[[sla]]
+priority = "urgent"
+first_response = "1h"
+resolution = "1d"
+"""
 
 
 def _dt_formatter(dialect: str) -> Any:
@@ -154,6 +189,10 @@ class _Ticket:
         """Let about ``mean`` seconds pass, never reaching END."""
         self.t += min(self.g.rng.expovariate(1 / mean), (SPAN - self.t) / 2)
 
+    def soon(self, low: float, high: float) -> None:
+        """Let ``low`` to ``high`` seconds pass, never reaching END."""
+        self.t += min(self.g.rng.uniform(low, high), (SPAN - self.t) / 2)
+
     def event(self, kind: str, actor: int | None, data: dict[str, Any], bump: bool = True) -> None:
         """Append an event; ``bump`` starts a new version (once per action, as services do)."""
         if bump:
@@ -176,24 +215,38 @@ class _Ticket:
 
 def _second_message(tk: _Ticket, first: dict[str, Any], provider: int) -> None:
     """A provider's reply or a requester's follow-up, threaded on the first message."""
-    g, rng, row = tk.g, tk.g.rng, tk.row
     tk.wait(86400)
-    name, address = g.people[tk.requester - 1]
-    thread = {"in_reply_to": first["message_id"], "references": first["message_id"]}
-    if rng.random() < 0.6 and row["status"] != "new":
-        q_name, tag, q_addr, _ = QUEUES[tk.key]
-        body = f"Hello {name.split()[0]},\n\n{rng.choice(REPLIES)}\n\n{q_name}\n"
-        thread |= {"subject": f"[{tag} #{tk.tid}] Re: {row['subject']}", "threaded_by": "reply"}
-        thread |= {"from_addr": formataddr((q_name, q_addr)), "to_addrs": g.named[tk.requester - 1]}
-        m = tk.message("outbound", provider, body, **thread)
-        row["first_response_at"] = row["first_response_at"] or tk.t
-        tk.event("reply", provider, {"message": m, "to": address})
+    if tk.g.rng.random() < 0.6 and tk.row["status"] != "new":
+        _reply(tk, first, provider)
     else:
-        how = f"In-Reply-To {first['message_id']}"
-        thread |= {"subject": f"Re: {row['subject']}", "threaded_by": how}
-        body = f"Hi,\n\n{rng.choice(REPLIES)}\n\n{name}\n"
-        m = tk.message("inbound", tk.requester, body, to_addrs=first["to_addrs"], **thread)
-        tk.event("message", None, {"message": m, "from": address, "threaded_by": how})
+        _follow_up(tk, first, tk.g.rng.choice(REPLIES))
+
+
+def _reply(tk: _Ticket, first: dict[str, Any], provider: int) -> None:
+    """A provider's reply: queued (its event), then delivered by the sender moments later."""
+    g, rng, row = tk.g, tk.g.rng, tk.row
+    name, address = g.people[tk.requester - 1]
+    q_name, tag, q_addr, _ = QUEUES[tk.key]
+    body = f"Hello {name.split()[0]},\n\n{rng.choice(REPLIES)}\n\n{q_name}\n"
+    thread = {"in_reply_to": first["message_id"], "references": first["message_id"]}
+    thread |= {"subject": f"[{tag} #{tk.tid}] Re: {row['subject']}", "threaded_by": "reply"}
+    thread |= {"from_addr": formataddr((q_name, q_addr)), "to_addrs": g.named[tk.requester - 1]}
+    m = tk.message("outbound", provider, body, **thread)
+    tk.event("reply", provider, {"message": m, "to": address})
+    tk.soon(2, 60)
+    row["first_response_at"] = row["first_response_at"] or tk.t  # as the sender stamps it
+    tk.event("sent", None, {"outbox": m, "kind": "reply"}, bump=False)
+
+
+def _follow_up(tk: _Ticket, first: dict[str, Any], text: str) -> None:
+    """The requester writes again on the thread of the first message."""
+    name, address = tk.g.people[tk.requester - 1]
+    how = f"In-Reply-To {first['message_id']}"
+    thread = {"in_reply_to": first["message_id"], "references": first["message_id"]}
+    thread |= {"subject": f"Re: {tk.row['subject']}", "threaded_by": how}
+    body = f"Hi,\n\n{text}\n\n{name}\n"
+    m = tk.message("inbound", tk.requester, body, to_addrs=first["to_addrs"], **thread)
+    tk.event("message", None, {"message": m, "from": address, "threaded_by": how})
 
 
 def _triage(tk: _Ticket, first: dict[str, Any], provider: int, status: str) -> None:
@@ -219,22 +272,49 @@ def _triage(tk: _Ticket, first: dict[str, Any], provider: int, status: str) -> N
         tk.event("tags", provider, {"added": tags, "removed": []})
     if rng.random() < 0.2:
         _second_message(tk, first, provider)
-    _finish(tk, provider, status)
+    _finish(tk, first, provider, status)
 
 
-def _finish(tk: _Ticket, provider: int, status: str) -> None:
+def _finish(tk: _Ticket, first: dict[str, Any], provider: int, status: str) -> None:
     """Move the ticket from open to its final status, stamping resolved/closed times."""
     row, closing = tk.row, status == "closed"
     if status in ("pending", "on-hold", "resolved") or (closing and tk.g.rng.random() < 0.5):
-        tk.wait(2 * 86400)
-        to = "resolved" if closing else status
-        tk.event("status", provider, {"from": "open", "to": to})
-        row["status"], row["resolved_at"] = to, tk.t if to == "resolved" else None
+        _move(tk, provider, "resolved" if closing else status)
+        if row["status"] == "resolved":
+            _feedback(tk, first, provider)
     if closing:
         tk.wait(3 * 86400)
         tk.event("status", provider, {"from": row["status"], "to": "closed"})
         row["status"], row["closed_at"] = "closed", tk.t
         row["resolved_at"] = row["resolved_at"] or tk.t
+
+
+def _move(tk: _Ticket, provider: int, to: str) -> None:
+    """The provider moves the open ticket on, a while later."""
+    tk.wait(2 * 86400)
+    tk.event("status", provider, {"from": tk.row["status"], "to": to})
+    tk.row["status"], tk.row["resolved_at"] = to, tk.t if to == "resolved" else None
+
+
+def _feedback(tk: _Ticket, first: dict[str, Any], provider: int) -> None:
+    """After a resolution the requester may write that the problem is back, or rate it.
+
+    As ingestion records them: a reply reopens the ticket (one version for the message
+    and the status); a rating is an event of its own and leaves the ticket resolved.
+    """
+    rng = tk.g.rng
+    if rng.random() < REOPENED:
+        tk.wait(86400)
+        _follow_up(tk, first, rng.choice(BACK))
+        data = {"from": "resolved", "to": "open", "reason": "reply after resolution"}
+        tk.event("status", None, data, bump=False)
+        tk.row["status"] = "open"
+        _move(tk, provider, "resolved")
+    if rng.random() < RATED:
+        tk.wait(86400)
+        rating = rng.choices(range(1, 6), RATINGS)[0]
+        comment = rng.choice(COMMENTS[rating])
+        tk.event("rating", None, {"rating": rating, "comment": comment}, bump=False)
 
 
 def _ticket(g: _Gen, tid: int, t0: float, requesters: int) -> None:
@@ -268,8 +348,8 @@ def _bindable(rows: dict[str, list[Any]], dt: Any, msg0: int, ev0: int) -> dict[
         m |= {"id": i, "date": dt(m["date"]), "created_at": dt(m["created_at"])}
     events, order = [], sorted(rows["events"], key=lambda e: e[0])
     for i, (at, tid, actor, kind, version, data) in enumerate(order, ev0):
-        if "message" in data:  # the message's row: its id is known now
-            data = data | {"message": data["message"]["id"]}
+        if "message" in data or "outbox" in data:  # a message's row: its id is known now
+            data = data | {k: data[k]["id"] for k in ("message", "outbox") if k in data}
         row = {"id": i, "ticket_id": tid, "at": dt(at), "actor_id": actor, "kind": kind}
         events.append(row | {"version": version, "data": json.dumps(data)})
     for t in rows["tickets"]:
@@ -359,11 +439,35 @@ def _finalise(conn: Connection) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
+def keeper() -> clocks.Keeper:
+    """The calendar and SLA rules (:data:`SETTINGS`) of the generated clocks."""
+    return clocks.Keeper.from_settings(parse_settings(SETTINGS, "gendb.SETTINGS"))
+
+
+def _rebuild_clocks(db: Database, progress: bool) -> tuple[int, float]:
+    """Compute every ticket's clocks as a policy change would: (tickets, seconds)."""
+    db.engine.dispose()  # fresh connections: the app's pragmas, not the build's
+
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        seconds = time.perf_counter() - started
+        print(f"clocks: {done}/{total} tickets, {seconds:.0f}s", file=sys.stderr)
+
+    done = clocks.ensure(db._write, keeper(), report if progress else None)
+    seconds = time.perf_counter() - started
+    if not db.is_sqlite:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE ticket_clocks")
+    return done, seconds
+
+
 def build(url: str, tickets: int, *, seed: int = 7, progress: bool = False) -> dict[str, Any]:
     """Create a realistic deskq database with ``tickets`` tickets at ``url`` (must be empty).
 
-    The schema is migrated to head first. Returns the rows written per table and the
-    build time (``seconds``). ``progress`` reports each chunk on stderr.
+    The schema is migrated to head first. Returns the rows written per table, the time
+    to write them (``seconds``) and the time to compute every ticket's SLA clocks after
+    that (``clocks_seconds``). ``progress`` reports each chunk on stderr.
     """
     started = time.perf_counter()
     db = Database.open(url)
@@ -379,10 +483,30 @@ def build(url: str, tickets: int, *, seed: int = 7, progress: bool = False) -> d
                 people = _small_tables(conn, seed, max(200, tickets // 50))
             counts = _load(conn, seed, tickets, people, progress)
             _finalise(conn)
+        seconds = time.perf_counter() - started
+        counts["ticket_clocks"], clock_seconds = _rebuild_clocks(db, progress)
     finally:
         db.close()
     counts |= {"queues": len(QUEUES), "people": people}
-    return counts | {"seconds": round(time.perf_counter() - started, 2)}
+    return counts | {"seconds": round(seconds, 2), "clocks_seconds": round(clock_seconds, 2)}
+
+
+def cached(tickets: int, cache: Path, *, progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """A SQLite database of ``tickets`` tickets under ``cache``, built once, and its figures.
+
+    A build of an older :data:`FORMAT` (or one that did not finish) is built again.
+    """
+    path = cache / f"gendb-{tickets}.db"
+    done = path.with_suffix(".done")
+    figures = json.loads(done.read_text()) if done.exists() else {}
+    if figures.get("format") != FORMAT:
+        done.unlink(missing_ok=True)
+        for stale in cache.glob(f"{path.name}*"):
+            stale.unlink()
+        cache.mkdir(parents=True, exist_ok=True)
+        figures = build(f"sqlite:///{path}", tickets, progress=progress) | {"format": FORMAT}
+        done.write_text(json.dumps(figures))
+    return path, figures
 
 
 def main() -> None:
