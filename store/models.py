@@ -456,6 +456,7 @@ class TicketClock(Base):
     __table_args__ = (
         Index("ix_ticket_clocks_due_ticket", "due", "ticket_id"),
         Index("ix_ticket_clocks_created", "created"),
+        Index("ix_ticket_clocks_resolved", "resolved"),
     )
 
     ticket_id: Mapped[int] = mapped_column(

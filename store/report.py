@@ -21,15 +21,17 @@ What is counted:
 
 from __future__ import annotations
 
+import gc
 import math
 from bisect import bisect_right
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import Person, Queue, TicketClock
@@ -234,36 +236,78 @@ def build(
             week_names.append(f"{iso.year}-W{iso.week:02d}")
             monday += timedelta(days=7)
 
-    total = _Group("all")
+    sqlite = session.get_bind().dialect.name == "sqlite"  # SQLite's CAST truncates, PG's rounds
+    key_col: Any = {"queue": c.queue_id, "provider": c.assignee_id, "category": c.category}.get(by)
+    size = _bucket_size(_day_starts(first_day, last_day, calendar_tz))
+    if key_col is None:  # weeks: hours (or quarters) in SQL, folded into local weeks here
+        key_col = cast(c.created / size, Integer) if sqlite else func.floor(c.created / size)
     groups: dict[Any, _Group] = {}
-    column = {"queue": c.queue_id, "provider": c.assignee_id, "category": c.category}.get(
-        by, c.created
-    )
-    stmt = select(
-        column,
-        c.status,
-        c.first_response,
-        c.first_response_calendar,
-        c.resolution,
-        c.resolution_calendar,
-        c.first_response_target,
-        c.resolution_target,
-        c.first_response_due,
-        c.resolution_due,
-        c.reopens,
-        c.rating,
-    ).where(*where)
-    for row in session.execute(stmt):
-        key: Any = row[0]
-        if by == "week":
-            key = week_names[max(bisect_right(week_starts, float(key)) - 1, 0)]
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group(names(key) if by != "week" else str(key))
-        for g in (total, group):
-            _add(g, row, now)
+    of_key: dict[Any, _Group] = {}
 
-    figures = sorted((g.finish() for g in groups.values()), key=lambda f: (-f.received, f.key))
+    def group_of(raw: Any) -> _Group:
+        found = of_key.get(raw)
+        if found is None:
+            key = raw
+            if by == "week":
+                key = week_names[max(bisect_right(week_starts, float(raw) * size) - 1, 0)]
+            found = groups.get(key)
+            if found is None:
+                found = groups[key] = _Group(names(key) if by != "week" else str(key))
+            of_key[raw] = found
+        return found
+
+    # Counts in SQL, one pass; only the durations come to Python (for exact percentiles).
+    # The counts and the days run on their own connections while the durations stream.
+    counts = _counts(key_col, now).where(*where).group_by(key_col)
+    pool = ThreadPoolExecutor(2) if _file_backed(session) else None
+
+    def background(job: Any) -> Any:
+        if pool is None:
+            return _Done(job(session))
+        engine = session.get_bind().engine
+
+        def run() -> Any:
+            with engine.connect() as conn:
+                return job(conn)
+
+        return pool.submit(run)
+
+    counted = background(lambda conn: conn.execute(counts).all())
+    days = background(
+        lambda conn: _days(conn, queue_id, first_day, last_day, calendar_tz, since, until)
+    )
+    values = select(
+        key_col, c.first_response, c.first_response_calendar, c.resolution, c.resolution_calendar
+    ).where(*where, or_(c.first_response.is_not(None), c.resolution.is_not(None)))
+    # A million rows make millions of short-lived objects: the cyclic collector would
+    # walk the growing lists again and again (a second of a six-second report).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        lists_of: dict[Any, Any] = {}
+        for raw, fr, frc, res, resc in session.connection().execute(values).all():
+            lists = lists_of.get(raw)
+            if lists is None:
+                lists = lists_of[raw] = group_of(raw).lists
+            if fr is not None:
+                lists[0].append(fr)
+                if frc is not None:
+                    lists[1].append(frc)
+            if res is not None:
+                lists[2].append(res)
+                if resc is not None:
+                    lists[3].append(resc)
+        for row in counted.result():
+            _add_counts(group_of(row[0]).figures, row)
+        finished = [g.finish() for g in groups.values()]  # sorts each group's lists
+        total = _total(list(groups.values()))
+    finally:
+        if collecting:
+            gc.enable()
+        if pool is not None:
+            pool.shutdown()
+
+    figures = sorted(finished, key=lambda f: (-f.received, f.key))
     if by == "week":
         figures.sort(key=lambda f: f.key)
     return Report(
@@ -272,47 +316,69 @@ def build(
         queue=queue,
         by=by,
         timezone=str(calendar_tz),
-        total=total.finish(),
+        total=total,
         groups=figures,
-        days=_days(session, queue_id, first_day, last_day, calendar_tz, since, until),
+        days=days.result(),
     )
 
 
-def _add(g: _Group, row: Any, now: float) -> None:
-    _, status, fr, frc, res, resc, fr_target, res_target, fr_due, res_due, reopens, rating = row
-    f = g.figures
-    f.received += 1
-    if status in DONE:
-        f.resolved += 1
-    else:
-        f.open += 1
+def _total(groups: list[_Group]) -> Figures:
+    """The cohort's figures from its groups' (whose lists are sorted by now)."""
+    whole = _Group("all")
+    f = whole.figures
+    for g in groups:
+        x = g.figures
+        f.received += x.received
+        f.resolved += x.resolved
+        f.open += x.open
+        f.reopens += x.reopens
+        f.first_response_met += x.first_response_met
+        f.first_response_breached += x.first_response_breached
+        f.resolution_met += x.resolution_met
+        f.resolution_breached += x.resolution_breached
+        f.ratings = [a + b for a, b in zip(f.ratings, x.ratings, strict=True)]
+        for mine, theirs in zip(whole.lists, g.lists, strict=True):
+            mine.extend(theirs)  # sorted runs: the sort below merges them
+    return whole.finish()
+
+
+def _counts(key_col: Any, now: float) -> Any:
+    """Per group: received, resolved, reopens, targets met/breached, ratings 1-5."""
+    c = TicketClock
+
+    def n(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    def judged(value: Any, target: Any, due: Any) -> tuple[Any, Any]:
+        met = and_(target.is_not(None), value.is_not(None), value <= target)
+        late = or_(
+            and_(value.is_not(None), value > target),
+            and_(value.is_(None), due.is_not(None), due <= now),  # open, already missed
+        )
+        return n(met), n(and_(target.is_not(None), late))
+
+    return select(
+        key_col,
+        func.count(),
+        n(c.status.in_(DONE)),
+        func.sum(c.reopens),
+        *judged(c.first_response, c.first_response_target, c.first_response_due),
+        *judged(c.resolution, c.resolution_target, c.resolution_due),
+        *(n(c.rating == i) for i in range(1, 6)),
+    )
+
+
+def _add_counts(f: Figures, row: Any) -> None:
+    received, done, reopens, fr_met, fr_late, res_met, res_late = (int(v or 0) for v in row[1:8])
+    f.received += received
+    f.resolved += done
+    f.open += received - done
     f.reopens += reopens
-    if rating is not None and 1 <= rating <= 5:
-        f.ratings[rating - 1] += 1
-    if fr is not None:
-        g.lists[0].append(fr)
-        if frc is not None:
-            g.lists[1].append(frc)
-    if res is not None:
-        g.lists[2].append(res)
-        if resc is not None:
-            g.lists[3].append(resc)
-    if fr_target is not None:
-        if fr is not None:
-            if fr <= fr_target:
-                f.first_response_met += 1
-            else:
-                f.first_response_breached += 1
-        elif fr_due is not None and fr_due <= now:  # still open, already missed
-            f.first_response_breached += 1
-    if res_target is not None:
-        if res is not None:
-            if res <= res_target:
-                f.resolution_met += 1
-            else:
-                f.resolution_breached += 1
-        elif res_due is not None and res_due <= now:
-            f.resolution_breached += 1
+    f.first_response_met += fr_met
+    f.first_response_breached += fr_late
+    f.resolution_met += res_met
+    f.resolution_breached += res_late
+    f.ratings = [a + int(b or 0) for a, b in zip(f.ratings, row[8:13], strict=True)]
 
 
 def _group_names(session: Session, by: str) -> Any:
@@ -334,8 +400,30 @@ def _group_names(session: Session, by: str) -> Any:
     return lambda key: key if key else "(none)"
 
 
+class _Done:
+    """A result already there (the same face as a Future)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _dialect(db: Any) -> str:
+    """The backend's name, from a Session or a Connection."""
+    dialect = db.dialect if hasattr(db, "dialect") else db.get_bind().dialect
+    return str(dialect.name)
+
+
+def _file_backed(session: Session) -> bool:
+    """Whether other connections see the same data (not an in-memory SQLite database)."""
+    url = session.get_bind().engine.url
+    return url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:")
+
+
 def _days(
-    session: Session,
+    session: Any,
     queue_id: int | None,
     first: date,
     last: date,
@@ -345,16 +433,17 @@ def _days(
 ) -> list[Day]:
     """Received, resolved and backlog per local day, from quarter-hour counts in SQL."""
     c = TicketClock
-    sqlite = session.get_bind().dialect.name == "sqlite"  # SQLite's CAST truncates, PG's rounds
+    sqlite = _dialect(session) == "sqlite"  # SQLite's CAST truncates, PG's rounds
     starts = _day_starts(first, last, tz)
     if len(starts) < 2:
         return []
+    size = _bucket_size(starts)
     lo, hi = starts[0], min(starts[-1], until.timestamp())
     scope = [c.queue_id == queue_id] if queue_id is not None else []
 
     def counted(col: Any) -> tuple[int, list[tuple[int, int]]]:
         before = session.scalar(select(func.count()).where(col < lo, *scope)) or 0
-        bucket = cast(col / BUCKET, Integer) if sqlite else func.floor(col / BUCKET)
+        bucket = cast(col / size, Integer) if sqlite else func.floor(col / size)
         rows = session.execute(
             select(bucket, func.count())
             .where(col >= lo, col < hi, *scope)
@@ -365,8 +454,8 @@ def _days(
 
     created_before, created = counted(c.created)
     resolved_before, resolved = counted(c.resolved)
-    received_per = _per_day(created, starts)
-    resolved_per = _per_day(resolved, starts)
+    received_per = _per_day(created, starts, size)
+    resolved_per = _per_day(resolved, starts, size)
     backlog = created_before - resolved_before
     out = []
     for i in range(len(starts) - 1):
@@ -378,10 +467,15 @@ def _days(
     return out
 
 
-def _per_day(buckets: Iterable[tuple[int, int]], starts: list[float]) -> list[int]:
+def _bucket_size(day_starts: list[float]) -> int:
+    """Hours when every local midnight falls on a whole UTC hour (almost every zone)."""
+    return 3600 if all(start % 3600 == 0 for start in day_starts) else BUCKET
+
+
+def _per_day(buckets: Iterable[tuple[int, int]], starts: list[float], size: int) -> list[int]:
     counts = [0] * len(starts)
     for bucket, n in buckets:
-        i = bisect_right(starts, bucket * BUCKET) - 1
+        i = bisect_right(starts, bucket * size) - 1
         if 0 <= i < len(counts):
             counts[i] += n
     return counts
