@@ -39,21 +39,14 @@ ME = "alex.provider@corp.example"
 
 
 def database(size: int, cache: Path) -> Path:
-    """The generated database of ``size`` tickets (built once, then reused)."""
-    from tests.bench.gendb import build
+    """The generated database of ``size`` tickets (built once, then reused; see gendb)."""
+    from tests.bench.gendb import cached
 
-    path = cache / f"tui-{size}.db"
-    done = path.with_suffix(".done")
-    if not done.exists():
-        for stale in cache.glob(f"tui-{size}.db*"):
-            stale.unlink()
-        figures = build(f"sqlite:///{path}", size)
-        done.write_text(json.dumps(figures))
-    return path
+    return cached(size, cache)[0]
 
 
 def config(db: Path, folder: Path) -> Path:
-    """A config over ``db`` with the generator's three queues."""
+    """A config over ``db`` with the generator's three queues and SLA rules."""
     text = f'me = "{ME}"\n\n[database]\nurl = "sqlite:///{db}"\n'
     for key, name, tag in (
         ("it", "IT Help", "IT"),
@@ -62,8 +55,10 @@ def config(db: Path, folder: Path) -> Path:
     ):
         text += f'\n[[queue]]\nkey = "{key}"\nname = "{name}"\ntag = "{tag}"\n'
         text += f'address = "{key}@corp.example"\n'
+    from tests.bench.gendb import SETTINGS
+
     path = folder / "config.toml"
-    path.write_text(text)
+    path.write_text(text + SETTINGS)  # the SLA rules the clocks were built with
     return path
 
 
