@@ -311,9 +311,16 @@ class TemplatePicker(ChoiceDialog):
             text = self.desk.preview(self.ticket_id, name or None)
         except (templates.TemplateError, ActionError) as exc:
             text = f"(cannot render: {exc})"
-        self.app.call_from_thread(self._show_preview, text)
+        self.app.call_from_thread(self._show_preview, name, text)
 
-    def _show_preview(self, text: str) -> None:
+    def _show_preview(self, name: str, text: str) -> None:
+        # Previews render in threads: one for a template highlighted earlier can finish
+        # after the current one's, and must not replace it.
+        options = self.query_one(OptionList)
+        index = options.highlighted
+        current = options.get_option_at_index(index).id if index is not None else None
+        if (current or "") != name:
+            return
         self.query_one("#template-preview", Static).update(plain(text))
 
 
