@@ -115,13 +115,15 @@ def _ts(value: datetime | None) -> float | None:
 
 def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
     conn = session.connection()
-    have = {
-        r.ticket_id: r
-        for r in conn.execute(
-            select(CLOCKS.c.ticket_id, CLOCKS.c.last_event_id, CLOCKS.c.state, CLOCKS.c.rating)
-            .where(CLOCKS.c.ticket_id.in_(ids))
-        )
-    }  # fmt: skip
+    rows = select(
+        CLOCKS.c.ticket_id, CLOCKS.c.last_event_id, CLOCKS.c.state, CLOCKS.c.rating
+    ).where(CLOCKS.c.ticket_id.in_(ids))
+    if conn.dialect.name != "sqlite":
+        # Two writers may append events to one ticket without locking the ticket (the
+        # sender's "sent"): the second waits here for the first to commit, then reads
+        # its row and sees its events, so neither one's events are skipped.
+        rows = rows.order_by(CLOCKS.c.ticket_id).with_for_update()
+    have = {r.ticket_id: r for r in conn.execute(rows)}
     low = min((r.last_event_id for r in have.values()), default=0) if len(have) == len(ids) else 0
     logs: dict[int, list[Any]] = {tid: [] for tid in ids}
     for e in conn.execute(
