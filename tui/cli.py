@@ -194,6 +194,42 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _copy_progress(table: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\x1b[2Kdeskq: copying {table}: {done:,}/{total:,} rows\r")
+        sys.stderr.flush()
+
+
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    """Copy the configured database into another (empty) one and verify the copy."""
+    from store import dbcopy
+
+    ws = _workspace(args)
+    try:
+        report = dbcopy.copy(ws.db, args.to, force=args.force, progress=_copy_progress)
+    finally:
+        ws.close()
+    if sys.stderr.isatty():
+        sys.stderr.write("\x1b[2K")
+    print(f"copied {report.source} to {report.target}")
+    print(f"{'TABLE':<16} {'SOURCE':>10} {'TARGET':>10}  CHECK")
+    for t in report.tables:
+        state = "OK" if t.ok else "MISMATCH"
+        print(f"{t.name:<16} {t.source_rows:>10,} {t.target_rows:>10,}  {state}")
+    rate = report.rows / report.seconds if report.seconds else 0.0
+    print(
+        f"{report.rows:,} rows in {len(report.tables)} tables: copied in {report.seconds:.1f} s "
+        f"({rate:,.0f} rows/s), verified in {report.verify_seconds:.1f} s"
+    )
+    if not report.ok:
+        raise UserError(
+            f"the copy in {report.target} does not match the source in "
+            f"{', '.join(report.mismatched)} (counts or checksums differ). Fix: stop anything "
+            "writing to either database and copy again with --force."
+        )
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """List tickets, oldest first."""
     from store.views import iter_tickets, parse_statuses
@@ -451,6 +487,21 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(title="db commands", metavar="COMMAND", required=True)
     c = dsub.add_parser("upgrade", help="migrate the database to this deskq's schema")
     c.set_defaults(func=cmd_db_upgrade)
+    c = dsub.add_parser(
+        "copy",
+        help="copy the database into another, empty one (e.g. PostgreSQL) and verify it",
+    )
+    c.add_argument(
+        "--to",
+        metavar="URL",
+        required=True,
+        help="target database URL, e.g. postgresql+psycopg://USER@HOST/DB (a password may "
+        "come from PGPASSWORD or ~/.pgpass instead of the URL)",
+    )
+    c.add_argument(
+        "--force", action="store_true", help="replace the target's contents if it holds any"
+    )
+    c.set_defaults(func=cmd_db_copy)
 
     p = sub.add_parser("list", help="list tickets")
     p.add_argument("--queue", metavar="Q", help="only this queue (its key)")
