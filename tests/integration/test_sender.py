@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mail import compose, sender
 from store import outbox, services
@@ -30,6 +31,39 @@ def settings_for(server: SmtpServer, **changes: str):  # type: ignore[no-untyped
     return parse_settings(QUEUE + text).sending
 
 
+def enqueue_reply(
+    s: Session,
+    queue: Queue,
+    t: Ticket,
+    subject: str,
+    body: str,
+    kind: str = "reply",
+    from_name: str = "IT Help",
+) -> OutboxItem:
+    """One reply to Em Ployee on ticket ``t``, queued in the outbox as the reply path does."""
+    mid = compose.new_message_id(queue.address, t.id)
+    mail = compose.build(
+        from_name=from_name,
+        from_addr=queue.address,
+        to=[("Em Ployee", "emp@corp.example")],
+        subject=compose.tagged_subject(subject, queue.tag, t.id),
+        body=body,
+        ticket_id=t.id,
+        message_id=mid,
+        date=utcnow(),
+    )
+    return outbox.enqueue(
+        s,
+        ticket_id=t.id,
+        message_row_id=None,
+        message_id=mid,
+        mail_from=queue.address,
+        recipients=["emp@corp.example"],
+        raw=mail.as_bytes(),
+        kind=kind,
+    )
+
+
 def queue_one(db: Database, kind: str = "reply") -> tuple[int, int, str]:
     """A ticket with one queued reply: (ticket id, outbox id, Message-ID)."""
     with db.write() as s:
@@ -37,27 +71,10 @@ def queue_one(db: Database, kind: str = "reply") -> tuple[int, int, str]:
         queue = s.scalars(select(Queue)).one()
         emp = services.get_or_create_person(s, "emp@corp.example", "Em Ployee")
         t = services.open_ticket(s, queue=queue, requester=emp, subject="VPN down")
-        mid = compose.new_message_id(queue.address, t.id)
-        mail = compose.build(
-            from_name="Alice via IT Help",
-            from_addr=queue.address,
-            to=[("Em Ployee", "emp@corp.example")],
-            subject=compose.tagged_subject("Re: VPN down", "IT", t.id),
-            body="Please restart the client.\n",
-            ticket_id=t.id,
-            message_id=mid,
-            date=utcnow(),
+        item = enqueue_reply(
+            s, queue, t, "Re: VPN down", "Please restart the client.\n", kind, "Alice via IT Help"
         )
-        item = outbox.enqueue(
-            s,
-            ticket_id=t.id,
-            message_row_id=None,
-            message_id=mid,
-            mail_from=queue.address,
-            recipients=["emp@corp.example"],
-            raw=mail.as_bytes(),
-            kind=kind,
-        )
+        mid = item.message_id
         return t.id, item.id, mid
 
 

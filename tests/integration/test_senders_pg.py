@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from mail import compose, sender
-from store import clocks, outbox, services
+from mail import sender
+from store import clocks, services
 from store.config import parse_settings
 from store.db import Database
 from store.models import (
@@ -26,11 +26,10 @@ from store.models import (
     Status,
     Ticket,
     TicketClock,
-    utcnow,
 )
 from store.sla import clocks_for
 from store.workspace import sync_queues
-from tests.integration.test_sender import QUEUE, settings_for
+from tests.integration.test_sender import QUEUE, enqueue_reply, settings_for
 from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.postgres
@@ -53,27 +52,7 @@ def _queue_replies(db: Database) -> dict[int, int]:
         s.flush()
         for n in range(REPLIES):
             t = tickets[n % TICKETS]
-            mid = compose.new_message_id(queue.address, t.id)
-            mail = compose.build(
-                from_name="IT Help",
-                from_addr=queue.address,
-                to=[("Em Ployee", "emp@corp.example")],
-                subject=compose.tagged_subject(f"Re: Request {n}", "IT", t.id),
-                body=f"Answer number {n}.\n",
-                ticket_id=t.id,
-                message_id=mid,
-                date=utcnow(),
-            )
-            item = outbox.enqueue(
-                s,
-                ticket_id=t.id,
-                message_row_id=None,
-                message_id=mid,
-                mail_from=queue.address,
-                recipients=["emp@corp.example"],
-                raw=mail.as_bytes(),
-                kind="reply",
-            )
+            item = enqueue_reply(s, queue, t, f"Re: Request {n}", f"Answer number {n}.\n")
             s.flush()
             placed[item.id] = t.id
     return placed
