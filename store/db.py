@@ -82,7 +82,6 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> 
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute(f"PRAGMA cache_size = {-1024 * int(cache_mb)}")  # KiB, per connection
-        cur.execute("PRAGMA temp_store = MEMORY")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
         # SQLite's lower() folds ASCII only; filters on names use this for other letters.

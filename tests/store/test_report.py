@@ -18,6 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,7 +27,16 @@ from store import clocks, services
 from store.config import parse_settings
 from store.db import Database
 from store.models import Person, Queue, Status, Ticket
-from store.report import Day, Figures, Report, ReportError, build, parse_since, percentiles
+from store.report import (
+    Day,
+    Figures,
+    Report,
+    ReportError,
+    _percentiles_of_runs,
+    build,
+    parse_since,
+    percentiles,
+)
 from store.workspace import sync_queues
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -328,10 +339,11 @@ def test_nearest_rank_times_in_business_and_calendar_seconds(db: Database) -> No
 
 
 def test_percentiles_are_nearest_rank() -> None:
-    assert percentiles([4.0, 1.0, 3.0, 2.0]) == {"median": 2.0, "p90": 4.0}
-    assert percentiles([float(v) for v in range(10, 0, -1)]) == {"median": 5.0, "p90": 9.0}
-    assert percentiles([float(v) for v in range(1, 12)]) == {"median": 6.0, "p90": 10.0}
-    assert percentiles([7.0]) == {"median": 7.0, "p90": 7.0}
+    # Milliseconds in, seconds out.
+    assert percentiles([4000, 1000, 3000, 2000]) == {"median": 2.0, "p90": 4.0}
+    assert percentiles([v * 1000 for v in range(10, 0, -1)]) == {"median": 5.0, "p90": 9.0}
+    assert percentiles([v * 1000 for v in range(1, 12)]) == {"median": 6.0, "p90": 10.0}
+    assert percentiles([7001]) == {"median": 7.001, "p90": 7.001}
     assert percentiles([]) == {"median": None, "p90": None}
 
 
@@ -546,3 +558,11 @@ def test_parse_since_refuses_other_text(text: str) -> None:
 def test_parse_since_refuses_a_period_before_year_one() -> None:
     with pytest.raises(ReportError):
         parse_since("3000y", NOW, BERLIN)
+
+
+@given(st.lists(st.lists(st.integers(0, 10**11), max_size=30), max_size=12))
+def test_percentiles_of_sorted_runs_equal_those_of_all_values(runs: list[list[int]]) -> None:
+    # The cohort's percentiles come from its groups' sorted lists without merging them.
+    floats = [sorted(float(v) for v in run) for run in runs]
+    merged = [v for run in floats for v in run]
+    assert _percentiles_of_runs(floats) == percentiles(merged)
