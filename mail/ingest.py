@@ -33,12 +33,20 @@ from mail.parse import ParsedMessage, clean_text, content_identity, parse
 from store import outbox
 from store.config import Settings
 from store.db import Database
+from store.leases import Lease, LeaseLost, fence
 from store.models import MailboxState, Message, Ticket, utcnow
 
 log = logging.getLogger(__name__)
 # Failures that say nothing about the email being stored: raised, never turned into a
 # parse-error ticket. (DataError and IntegrityError can come from an email's content.)
-NOT_THE_MAIL = (OperationalError, InterfaceError, InternalError, ProgrammingError, SetupError)
+NOT_THE_MAIL = (
+    OperationalError,
+    InterfaceError,
+    InternalError,
+    ProgrammingError,
+    SetupError,
+    LeaseLost,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,8 @@ class Ingestor:
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
+        # Set while a poller holds the mailbox's lease: every batch checks it's still ours.
+        self.lease: Lease | None = None
         self.queue_settings = {q.key: q for q in settings.queue}
         self.alias_to_queue = {a: q.key for q in settings.queue for a in q.all_aliases}
         self.tag_patterns = {
@@ -132,6 +142,8 @@ class Ingestor:
         still fails is stored as a ``parse-error`` ticket with its raw source.
         """
         with self.db.write() as session:
+            if self.lease is not None:
+                fence(session, self.lease)  # first: on PostgreSQL it locks the lease row
             try:
                 with session.begin_nested():
                     outcomes = Batch(self, session, default_queue).run(batch)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mail.ingest import Ingestor, Outcome
+from store import leases
 from store.config import MailboxSettings
+from store.leases import Heartbeat, Lease, LeaseLost
 from store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class MailboxStatus:
     last_error: str = ""
     last_success: float | None = None
     outcomes: list[Outcome] = field(default_factory=list)
+    skipped: str = ""  # why this pass left the mailbox alone (another poller works it)
 
 
 def make_source(mailbox: MailboxSettings, ws: Workspace, ingestor: Ingestor) -> object:
@@ -73,7 +76,7 @@ def _count(status: MailboxStatus, outcomes: list[Outcome]) -> None:
     status.last_success = time.time()
 
 
-def _maildir_wait(root: Path, interval: int, stop: threading.Event) -> None:
+def _maildir_wait(root: Path, interval: int, stop: Callable[[], bool]) -> None:
     """Until something lands in new/ (checked twice a second) or ``interval`` passes."""
     new = root / "new"
     try:
@@ -81,8 +84,9 @@ def _maildir_wait(root: Path, interval: int, stop: threading.Event) -> None:
     except OSError:
         before = 0
     deadline = time.monotonic() + interval
-    while not stop.is_set() and time.monotonic() < deadline:
-        if stop.wait(0.5):
+    while not stop() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if stop():
             return
         try:
             if new.stat().st_mtime_ns != before:
@@ -92,7 +96,11 @@ def _maildir_wait(root: Path, interval: int, stop: threading.Event) -> None:
 
 
 class MailboxWorker(threading.Thread):
-    """Runs one mailbox until stopped: pass, wait for news, pass again; backoff on failure."""
+    """Runs one mailbox until stopped: pass, wait for news, pass again; backoff on failure.
+
+    It works the mailbox only while it holds the mailbox's lease (store.leases); until
+    then, or after losing it, it stands by and looks again every second.
+    """
 
     def __init__(
         self,
@@ -100,18 +108,51 @@ class MailboxWorker(threading.Thread):
         ws: Workspace,
         stop: threading.Event,
         progress: Progress | None = None,
+        *,
+        heartbeat: Heartbeat | None = None,
+        holder: str | None = None,
     ) -> None:
         super().__init__(name=f"mailbox-{mailbox.name}", daemon=True)
         self.mailbox, self.ws, self.stop = mailbox, ws, stop
         self.progress = progress
+        self.own_heartbeat = heartbeat is None  # a worker on its own renews its own lease
+        self.heartbeat = heartbeat or Heartbeat(ws.db)
+        self.holder = holder or leases.holder_name()
         self.status = MailboxStatus(mailbox.name)
-        self.source = make_source(mailbox, ws, Ingestor(ws.settings, ws.db))
+        self.ingestor = Ingestor(ws.settings, ws.db)
+        self.source: object = None
+        self.lease: Lease | None = None
+
+    def halted(self) -> bool:
+        """Stop working: the poller stops, or the lease is gone."""
+        return self.stop.is_set() or self.lease is None or self.lease.lost.is_set()
 
     def run(self) -> None:
+        if self.own_heartbeat:
+            self.heartbeat.start()
+        try:
+            self._run()
+        finally:
+            if self.own_heartbeat:
+                self.heartbeat.stop()
+
+    def _run(self) -> None:
         backoff = Backoff()
+        standing_by = False
         while not self.stop.is_set():
+            if self.halted():
+                try:
+                    acquired = self._acquire(standing_by)
+                except Exception as exc:  # noqa: BLE001 - the database is away: logged, backoff
+                    self._failed(exc, backoff)
+                    continue
+                if not acquired:
+                    standing_by = True
+                    self.stop.wait(leases.STANDBY_POLL)
+                    continue
+                standing_by = False
             try:
-                outcomes = self.source.pass_once(self.progress, self.stop.is_set)  # type: ignore[attr-defined]
+                outcomes = self.source.pass_once(self.progress, self.halted)  # type: ignore[attr-defined]
                 _count(self.status, outcomes)
                 if outcomes:
                     log.info(
@@ -129,27 +170,77 @@ class MailboxWorker(threading.Thread):
                 self.status.failures = 0
                 backoff.reset()
                 self._wait()
-            except Exception as exc:  # a worker never dies; every failure is reported
-                self.status.failures += 1
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                delay = backoff.next()
-                log.error(
-                    "mailbox %s: %s (failure %d in a row; retrying in %.1f s)",
-                    self.mailbox.name,
-                    self.status.last_error,
-                    self.status.failures,
-                    delay,
-                )
-                log.debug("mailbox %s failure", self.mailbox.name, exc_info=True)
-                self._close()
-                self.stop.wait(delay)
+            except LeaseLost as exc:
+                log.warning("%s; standing by", exc)
+            except Exception as exc:  # noqa: BLE001 - a worker never dies; _failed logs it
+                self._failed(exc, backoff)
         self._close()
+        self._let_go(release=True)
+
+    def _acquire(self, standing_by: bool) -> bool:
+        """Take the lease if free; log a change of role once. True when working now."""
+        if self.lease is not None:  # lost: drop the old connection and state
+            self._close()
+            self._let_go(release=False)
+        lease, previous = leases.try_acquire(self.ws.db, self.mailbox.name, self.holder)
+        if lease is None:
+            if not standing_by and previous is not None:
+                log.info(
+                    "mailbox %s: standing by; %s works it (lease runs %.1f s more)",
+                    self.mailbox.name,
+                    previous.holder,
+                    previous.expires_in,
+                )
+            return False
+        self.lease = self.ingestor.lease = lease
+        self.heartbeat.hold(lease)
+        # A fresh source: the previous holder may have moved the mailbox on meanwhile.
+        self.source = make_source(self.mailbox, self.ws, self.ingestor)
+        if previous is not None and previous.holder != self.holder:
+            how = (
+                f"its lease ran out {-previous.expires_in:.1f} s ago"
+                if previous.expires_in <= 0
+                else "its process is gone"
+            )
+            log.info(
+                "mailbox %s: taking over from %s (%s)", self.mailbox.name, previous.holder, how
+            )
+        else:
+            log.info("mailbox %s: working it (lease holder %s)", self.mailbox.name, self.holder)
+        return True
+
+    def _let_go(self, *, release: bool) -> None:
+        lease, self.lease = self.lease, None
+        self.ingestor.lease = None
+        if lease is None:
+            return
+        self.heartbeat.drop(lease)
+        if release and not lease.lost.is_set():
+            try:
+                leases.release(self.ws.db, lease)
+            except Exception:  # it runs out by itself
+                log.debug("releasing the lease of %s failed", self.mailbox.name, exc_info=True)
+
+    def _failed(self, exc: Exception, backoff: Backoff) -> None:
+        self.status.failures += 1
+        self.status.last_error = f"{type(exc).__name__}: {exc}"
+        delay = backoff.next()
+        log.error(
+            "mailbox %s: %s (failure %d in a row; retrying in %.1f s)",
+            self.mailbox.name,
+            self.status.last_error,
+            self.status.failures,
+            delay,
+        )
+        log.debug("mailbox %s failure", self.mailbox.name, exc_info=True)
+        self._close()
+        self.stop.wait(delay)
 
     def _wait(self) -> None:
         if self.mailbox.source == "maildir":
-            _maildir_wait(self.source.root, self.mailbox.poll_interval, self.stop)  # type: ignore[attr-defined]
+            _maildir_wait(self.source.root, self.mailbox.poll_interval, self.halted)  # type: ignore[attr-defined]
         else:
-            self.source.wait(self.stop.is_set)  # type: ignore[attr-defined]
+            self.source.wait(self.halted)  # type: ignore[attr-defined]
 
     def _close(self) -> None:
         close = getattr(self.source, "close", None)
@@ -161,18 +252,35 @@ class MailboxWorker(threading.Thread):
 
 
 def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxStatus]:
-    """One pass over every mailbox, concurrently; each status says how it went."""
+    """One pass over every mailbox, concurrently; each status says how it went.
+
+    A mailbox another poller works is left to it (``status.skipped``), after waiting
+    up to one lease time in case that poller is dead.
+    """
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
+    holder = leases.holder_name()
+    heartbeat = Heartbeat(ws.db)
+    heartbeat.start()
 
     def one(mailbox: MailboxSettings) -> None:
         status = statuses[mailbox.name]
         source: object = None
+        lease: Lease | None = None
         try:
-            source = make_source(mailbox, ws, ingestors[mailbox.name])
-            outcomes = source.pass_once(progress)  # type: ignore[attr-defined]
+            lease, previous = _lease_within(ws, mailbox.name, holder)
+            if lease is None:
+                status.skipped = f"{previous.holder if previous else 'another poller'} works it"
+                return
+            heartbeat.hold(lease)
+            ingestor = ingestors[mailbox.name]
+            ingestor.lease = lease
+            source = make_source(mailbox, ws, ingestor)
+            outcomes = source.pass_once(progress, lease.lost.is_set)  # type: ignore[attr-defined]
             status.outcomes = outcomes
             _count(status, outcomes)
+        except LeaseLost as exc:
+            status.skipped = str(exc)
         except Exception as exc:  # reported to the caller, never raised across threads
             status.failures = 1
             status.last_error = f"{type(exc).__name__}: {exc}"
@@ -184,6 +292,13 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
                     close()
                 except OSError:
                     log.debug("closing mailbox %s failed", mailbox.name, exc_info=True)
+            if lease is not None:
+                heartbeat.drop(lease)
+                if not lease.lost.is_set():
+                    try:
+                        leases.release(ws.db, lease)
+                    except Exception:  # it runs out by itself
+                        log.debug("releasing %s failed", mailbox.name, exc_info=True)
 
     threads = [
         threading.Thread(target=one, args=(m,), name=f"once-{m.name}", daemon=True)
@@ -193,16 +308,38 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
         t.start()
     for t in threads:
         t.join()
+    heartbeat.stop()
     return [statuses[m.name] for m in ws.settings.mailbox]
 
 
+def _lease_within(
+    ws: Workspace, name: str, holder: str
+) -> tuple[Lease | None, leases.Holder | None]:
+    """The mailbox's lease, waiting for it at most one lease time (a dead holder's)."""
+    deadline = time.monotonic() + leases.TTL_SECONDS + leases.STANDBY_POLL
+    while True:
+        lease, previous = leases.try_acquire(ws.db, name, holder)
+        if lease is not None or time.monotonic() >= deadline:
+            return lease, previous
+        time.sleep(leases.STANDBY_POLL)
+
+
 def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None = None) -> None:
-    """Poll every mailbox until ``stop`` is set."""
-    workers = [MailboxWorker(m, ws, stop, progress) for m in ws.settings.mailbox]
+    """Poll every mailbox until ``stop`` is set (those whose lease this process gets)."""
+    heartbeat = Heartbeat(ws.db)
+    heartbeat.start()
+    holder = leases.holder_name()
+    workers = [
+        MailboxWorker(m, ws, stop, progress, heartbeat=heartbeat, holder=holder)
+        for m in ws.settings.mailbox
+    ]
     for w in workers:
         w.start()
     log.info(
-        "polling %d mailbox(es): %s", len(workers), ", ".join(m.name for m in ws.settings.mailbox)
+        "polling %d mailbox(es): %s (lease holder %s)",
+        len(workers),
+        ", ".join(m.name for m in ws.settings.mailbox),
+        holder,
     )
     while not stop.wait(1.0):
         pass
@@ -212,4 +349,5 @@ def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None 
     stuck = [w.name for w in workers if w.is_alive()]
     if stuck:
         log.warning("stopping without waiting for %s (blocked in the network)", ", ".join(stuck))
+    heartbeat.stop()
     log.info("stopped")

@@ -152,6 +152,11 @@ class QueueSettings:
         "Addresses whose mail lands in this queue; address is always included.", default=()
     )
     signature: str = doc("Signature appended to replies from this queue.", default="")
+    providers: tuple[str, ...] = doc(
+        "Addresses of this queue's providers. A queue with providers (here or added with "
+        "deskq providers add) is seen by them only; one without is open to every provider.",
+        default=(),
+    )
     allowed_domains: tuple[str, ...] = doc(
         "If set, only senders from these domains open tickets; others are quarantined.",
         default=(),

@@ -166,17 +166,18 @@ class Database:
             migrate.check_not_newer(db.engine)
         return db
 
-    def keep_clocks(self, keeper: Any, progress: Any = None) -> int:
+    def keep_clocks(self, keeper: Any, progress: Any = None, *, rebuild: bool = True) -> int:
         """Keep SLA clocks in step on every write from now on, rebuilding them if stale.
 
         ``keeper`` is a :class:`store.clocks.Keeper`; returns how many tickets' clocks
-        were (re)computed now (see :func:`store.clocks.ensure`).
+        were (re)computed now (see :func:`store.clocks.ensure`). ``rebuild=False``: a
+        role that sees part of the tickets only must not recompute the rest.
         """
         from store import clocks
 
         self.keeper = keeper
         clocks.install(self._write, keeper)
-        return clocks.ensure(self._write, keeper, progress)
+        return clocks.ensure(self._write, keeper, progress) if rebuild else 0
 
     def session(self) -> Session:
         """A session for reading (use as a context manager)."""

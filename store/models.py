@@ -169,6 +169,8 @@ class Person(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     is_provider: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The PostgreSQL role this provider logs in as (row-level security maps it back).
+    db_role: Mapped[str | None] = mapped_column(String(63), unique=True)
 
 
 class Ticket(Base):
@@ -485,6 +487,30 @@ class TicketClock(Base):
     waiting: Mapped[float] = mapped_column(Float, default=0.0)
     reopens: Mapped[int] = mapped_column(Integer, default=0)
     rating: Mapped[int | None] = mapped_column(Integer)
+
+
+class QueueMember(Base):
+    """A provider of a queue. A queue with members is seen by its members only."""
+
+    __tablename__ = "queue_members"
+
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id"), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True, index=True)
+    source: Mapped[str] = mapped_column(String(16), default="command")  # or "config"
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PollerLease(Base):
+    """Which poller process works a mailbox, until when (see store.leases)."""
+
+    __tablename__ = "poller_leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the mailbox
+    holder: Mapped[str] = mapped_column(String(300))  # host:pid:random
+    generation: Mapped[int] = mapped_column(Integer)  # bumped on every change of holder
+    pid_space: Mapped[str | None] = mapped_column(String(64))  # host, boot and PID namespace
+    acquired_at: Mapped[float] = mapped_column(Float)  # epoch seconds, database clock
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class Meta(Base):

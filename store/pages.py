@@ -175,7 +175,8 @@ def changes_since(
     new_cursor = max(cursor, *(r.id for r in rows))
     seen = {r.id for r in rows}
     gaps |= set(range(cursor + 1, new_cursor)) - seen if new_cursor - cursor <= limit * 2 else set()
-    touched = frozenset(r.ticket_id for r in rows if r.ticket_id is not None)
+    # A view is audit, not a change: it does not make anyone's row refresh.
+    touched = frozenset(r.ticket_id for r in rows if r.ticket_id is not None and r.kind != "viewed")
     created = frozenset(r.ticket_id for r in rows if r.kind == "created" and r.ticket_id)
     return Changes(new_cursor, touched, created, truncated, frozenset(gaps))
 

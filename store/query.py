@@ -93,6 +93,8 @@ class Query:
     sort: str = "id"
     descending: bool = True
     text: str = field(default="", compare=False)
+    # The queues the viewer may see (store.access); None: every queue.
+    queue_ids: tuple[int, ...] | None = None
 
     @property
     def uses_me(self) -> bool:
@@ -395,6 +397,8 @@ def conditions(
     if query.words.strip():
         walk = paging and query.sort in _WALKABLE_SORTS
         result.append(_search_condition(session, query.words, walk))
+    if query.queue_ids is not None:
+        result.append(Ticket.queue_id.in_(query.queue_ids))
     return result
 
 

@@ -364,7 +364,7 @@ def ticket_detail(session: Session, ticket_id: int) -> TicketDetail | None:
     events = session.execute(
         select(Event, Person.address)
         .outerjoin(Person, Person.id == Event.actor_id)
-        .where(Event.ticket_id == ticket_id)
+        .where(Event.ticket_id == ticket_id, Event.kind != "viewed")  # views: deskq audit
         .order_by(Event.id)
     ).all()
     return TicketDetail(

@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from store import access
 from store.clocks import Keeper
 from store.config import Settings
-from store.db import Database
+from store.db import Database, DatabaseError
 from store.models import Queue, QueueAlias
 from store.secrets import resolve_password
 from store.services import get_or_create_person
@@ -48,10 +49,31 @@ def open_workspace(
         upgrade=upgrade,
         cache_mb=cache_mb,
     )
-    with db.write() as session:
-        sync_queues(session, settings)
-    db.keep_clocks(Keeper.from_settings(settings), progress)
+    with db.session() as session:
+        owner = access.is_owner(session)
+    if owner:
+        with db.write() as session:
+            sync_queues(session, settings)
+            access.sync_config(session, settings)
+        db.keep_clocks(Keeper.from_settings(settings), progress)
+    else:
+        # A provider's own PostgreSQL role: the owner's processes (deskq poll) set up
+        # queues and recompute clocks; this one keeps them in step as it writes.
+        _check_queues(db, settings)
+        db.keep_clocks(Keeper.from_settings(settings), progress, rebuild=False)
     return Workspace(settings, db)
+
+
+def _check_queues(db: Database, settings: Settings) -> None:
+    with db.session() as session:
+        have = set(session.scalars(select(Queue.key)))
+    missing = [q.key for q in settings.queue if q.key not in have]
+    if missing:
+        raise DatabaseError(
+            f"queue(s) {', '.join(missing)} of the config are not in the database, and this "
+            "role may not add them. Fix: start deskq once as the database owner "
+            "(e.g. deskq poll), which sets up the queues."
+        )
 
 
 def sync_queues(session: Session, settings: Settings) -> None:

@@ -309,6 +309,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 if st.failures:
                     failed += 1
                     print(f"mailbox {st.name}: FAILED: {st.last_error}", file=sys.stderr)
+                elif st.skipped:
+                    print(f"mailbox {st.name}: skipped: {st.skipped}", file=sys.stderr)
                 else:
                     print(
                         f"mailbox {st.name}: {st.stored} stored, {st.duplicates} already known",
