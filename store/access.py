@@ -105,13 +105,13 @@ def visible_queue_ids(session: Session, person_id: int | None) -> list[int] | No
     return sorted(q for q in every if q not in restricted or q in mine)
 
 
-def may_see(session: Session, person_id: int | None, ticket_id: int) -> bool:
-    """Whether the ticket is in a queue ``person_id`` may see (False if it does not exist)."""
-    queue_id = session.scalar(select(Ticket.queue_id).where(Ticket.id == ticket_id))
-    if queue_id is None:
-        return False
-    scope = visible_queue_ids(session, person_id)
-    return scope is None or queue_id in scope
+def scope_for(session: Session, me: str) -> list[int] | None:
+    """:func:`visible_queue_ids` of the provider with address ``me`` ('' : every queue)."""
+    address = me.strip().lower()
+    if not address:
+        return None
+    person_id = session.scalar(select(Person.id).where(Person.address == address))
+    return visible_queue_ids(session, person_id if person_id is not None else -1)
 
 
 VIEW_WINDOW = timedelta(minutes=10)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -217,8 +218,12 @@ def build(
     until: datetime,
     queue: str | None = None,
     by: str = "queue",
+    queue_ids: Sequence[int] | None = None,
 ) -> Report:
-    """The report of the tickets created from ``since`` (None: ever) to ``until``."""
+    """The report of the tickets created from ``since`` (None: ever) to ``until``.
+
+    ``queue_ids``: the queues the viewer may see (store.access); None: all.
+    """
     if by not in BY:
         raise ReportError(f"--by {by!r} is not known; use one of {', '.join(BY)}")
     c = TicketClock
@@ -226,10 +231,15 @@ def build(
     queue_id = None
     if queue is not None:
         queue_id = session.scalar(select(Queue.id).where(Queue.key == queue))
-        if queue_id is None:
-            known = ", ".join(session.scalars(select(Queue.key).order_by(Queue.key)))
+        if queue_id is None or (queue_ids is not None and queue_id not in queue_ids):
+            shown = select(Queue.key).order_by(Queue.key)
+            if queue_ids is not None:
+                shown = shown.where(Queue.id.in_(queue_ids))
+            known = ", ".join(session.scalars(shown))
             raise ReportError(f"there is no queue {queue!r}; queues are {known}")
         where.append(c.queue_id == queue_id)
+    elif queue_ids is not None:
+        where.append(c.queue_id.in_(queue_ids))
     if since is None:
         first = session.scalar(select(func.min(c.created)).where(*where))
         since = datetime.fromtimestamp(first, UTC) if first is not None else until
@@ -296,8 +306,9 @@ def build(
         return background(lambda conn: conn.execute(q.where(*where).group_by(key_col)).all())
 
     passes = [grouped(q) for q in _passes(key_col, now)]
+    scope = [queue_id] if queue_id is not None else queue_ids
     days = background(
-        lambda conn: _days(conn, queue_id, first_day, last_day, calendar_tz, since, until)
+        lambda conn: _days(conn, scope, first_day, last_day, calendar_tz, since, until)
     )
     try:
         for half, job in enumerate(passes):
@@ -453,7 +464,7 @@ def _file_backed(session: Session) -> bool:
 
 def _days(
     session: Any,
-    queue_id: int | None,
+    queue_ids: Sequence[int] | None,
     first: date,
     last: date,
     tz: ZoneInfo,
@@ -471,7 +482,7 @@ def _days(
         return []
     end = until.timestamp()
     ranges = [(a, min(b, end)) for a, b in pairwise(starts) if a < end]
-    scope = [c.queue_id == queue_id] if queue_id is not None else []
+    scope = [c.queue_id.in_(queue_ids)] if queue_ids is not None else []
 
     def counted(col: Any) -> tuple[int, list[int]]:
         before = session.scalar(select(func.count()).where(col < starts[0], *scope)) or 0
@@ -520,6 +531,7 @@ def for_settings(
     now: datetime,
     queue: str | None = None,
     by: str = "queue",
+    queue_ids: Sequence[int] | None = None,
 ) -> Report:
     """The report ``deskq report`` and the reports screen show: ``since`` as typed."""
     tz = settings.business_calendar().tz
@@ -530,4 +542,5 @@ def for_settings(
         until=now,
         queue=queue,
         by=by,
+        queue_ids=queue_ids,
     )

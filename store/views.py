@@ -305,11 +305,17 @@ def iter_tickets(
     statuses: Sequence[Status] = (),
     search: str | None = None,
     batch: int = 1000,
+    queue_ids: Sequence[int] | None = None,
 ) -> Iterator[TicketSummary]:
-    """Tickets by ascending id, streamed in keyset-paginated batches (flat memory)."""
+    """Tickets by ascending id, streamed in keyset-paginated batches (flat memory).
+
+    ``queue_ids``: only tickets of these queues (the viewer's, see store.access).
+    """
     after = 0
     while True:
         stmt = summary_select().where(Ticket.id > after)
+        if queue_ids is not None:
+            stmt = stmt.where(Ticket.queue_id.in_(list(queue_ids)))
         if queue:
             stmt = stmt.where(Queue.key == queue)
         if statuses:

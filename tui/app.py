@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # UI's workers each hold a connection (the poller's writes do fine with it too).
 TUI_CACHE_MB = 16
 LIVE_INTERVAL = 1.0  # seconds between looks at the change feed (target: visible within 2 s)
+# With LISTEN/NOTIFY (PostgreSQL) commits announce themselves; the periodic look is then
+# only the fallback, every this many seconds.
+LISTEN_FALLBACK = 5.0
 GAP_PATIENCE = 60.0  # seconds a missing event id is watched for a late commit
 
 
@@ -44,6 +48,10 @@ class NoticeHandler(logging.Handler):
             notice(self.app, text, "warning", timeout=6)
         else:
             self.app.call_from_thread(notice, self.app, text, "warning", 6)
+
+
+class Nudge(Message):
+    """Someone committed events (PostgreSQL NOTIFY): look at the change feed now."""
 
 
 class DeskqApp(App[None]):
@@ -76,6 +84,8 @@ class DeskqApp(App[None]):
         )
         self._handler: NoticeHandler | None = None
         self.breach_checked = time.time()  # SLA misses after this are announced
+        self.listener: Any = None  # store.notify.Listener on PostgreSQL
+        self.last_look = 0.0
 
     def on_mount(self) -> None:
         from tui.queue_screen import QueueScreen
@@ -95,6 +105,8 @@ class DeskqApp(App[None]):
                 self._run_sender()
 
     def on_unmount(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         self.stop_event.set()
         self.desk.wake_sender.set()
         if self._handler is not None:
@@ -123,10 +135,25 @@ class DeskqApp(App[None]):
         )
 
     def _start_live(self) -> None:
-        self.set_interval(self.live_interval, self.check_changes, name="live")
+        self.set_interval(self.live_interval, self._tick, name="live")
+        if self.ws.db.engine.dialect.name == "postgresql":
+            from store.notify import Listener
+
+            # post_message is thread-safe and never waits: a closing app cannot hang it.
+            self.listener = Listener(self.ws.db.engine.url, lambda: self.post_message(Nudge()))
+            self.listener.start()
+
+    def _tick(self) -> None:
+        listening = self.listener is not None and self.listener.listening.is_set()
+        if not listening or time.monotonic() - self.last_look >= LISTEN_FALLBACK:
+            self.check_changes()
+
+    def on_nudge(self, _: Nudge) -> None:
+        self.check_changes()
 
     def check_changes(self) -> None:
         """Look at the change feed (in a worker); screens update what changed."""
+        self.last_look = time.monotonic()
         self._look_for_changes()
 
     @work(thread=True, group="live", exclusive=True, exit_on_error=False)

@@ -232,6 +232,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List tickets, oldest first."""
+    from store import access
     from store.views import iter_tickets, parse_statuses
     from tui.output import print_table, write_json_array
 
@@ -245,7 +246,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             known = ", ".join(q.key for q in ws.settings.queue) or "none configured"
             raise UserError(f"--queue: no queue {args.queue!r} (queues: {known})", EXIT_USAGE)
         with ws.db.session() as session:
-            tickets = iter_tickets(session, queue=args.queue, statuses=statuses, search=args.search)
+            tickets = iter_tickets(
+                session,
+                queue=args.queue,
+                statuses=statuses,
+                search=args.search,
+                queue_ids=access.scope_for(session, ws.settings.me),
+            )
             if args.json:
                 write_json_array(sys.stdout, (t.as_json() for t in tickets))
             else:
@@ -257,15 +264,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one ticket with its conversation and history."""
+    from sqlalchemy import select
+
+    from store import access
+    from store.models import Person, Ticket
     from store.views import ticket_detail
     from tui.output import print_detail
 
     ws = _workspace(args)
     try:
         with ws.db.session() as session:
-            detail = ticket_detail(session, args.id)
+            scope = access.scope_for(session, ws.settings.me)
+            queue_id = session.scalar(select(Ticket.queue_id).where(Ticket.id == args.id))
+            visible = scope is None or queue_id in scope
+            detail = ticket_detail(session, args.id) if visible else None
         if detail is None:
-            raise UserError(f"there is no ticket #{args.id}")
+            raise UserError(f"there is no ticket #{args.id} in your queues")
+        me = ws.settings.me.strip().lower()
+        if me:
+            with ws.db.write() as session:
+                person = session.scalar(select(Person.id).where(Person.address == me))
+                if person is not None:
+                    access.record_view(session, person, args.id)
         if args.json:
             json.dump(detail.as_json(), sys.stdout, indent=2)
             sys.stdout.write("\n")
@@ -541,11 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
 
-    from tui import cli_reply, cli_report, cli_sla
+    from tui import cli_access, cli_reply, cli_report, cli_sla
 
     cli_reply.add_commands(sub)
     cli_report.add_commands(sub)
     cli_sla.add_commands(sub)
+    cli_access.add_commands(sub)
 
     p = sub.add_parser("show", help="show one ticket")
     p.add_argument("id", type=int, metavar="ID", help="ticket number")

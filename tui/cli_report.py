@@ -176,8 +176,11 @@ def csv_row(f: Figures) -> list[Any]:
 
 def make_report(ws: Any, since: str, queue: str | None, by: str, now: datetime) -> Report:
     """The report both the command and the reports screen show."""
+    from store import access
+
     with ws.db.session() as s:
-        return for_settings(s, ws.settings, since, now=now, queue=queue, by=by)
+        scope = access.scope_for(s, ws.settings.me)
+        return for_settings(s, ws.settings, since, now=now, queue=queue, by=by, queue_ids=scope)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

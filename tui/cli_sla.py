@@ -23,20 +23,24 @@ def cmd_sla_check(args: argparse.Namespace) -> int:
     """Active tickets with under a quarter of a target left, or past it; exit 1 if any breached."""
     from sqlalchemy import select
 
-    from store import clocks
+    from store import access, clocks
     from store.models import Queue, Ticket, TicketClock
 
     ws = _workspace(args)
     now = datetime.now(UTC)
     try:
         with ws.db.session() as s:
+            scope = access.scope_for(s, ws.settings.me)
             # Every target still open has a due time unless it is paused within it; the
             # paused ones can still be at risk, so take every active ticket's row.
             rows = s.execute(
                 select(Ticket.id, Queue.key, Ticket.priority, Ticket.subject)
                 .join(TicketClock, TicketClock.ticket_id == Ticket.id)
                 .join(Queue, Queue.id == Ticket.queue_id)
-                .where(TicketClock.status.in_(["new", "open", "pending", "on-hold"]))
+                .where(
+                    TicketClock.status.in_(["new", "open", "pending", "on-hold"]),
+                    *([Ticket.queue_id.in_(scope)] if scope is not None else []),
+                )
                 .order_by(Ticket.id)
             ).all()
             found = clocks.reports(s, ws.db.keeper, [r[0] for r in rows], now)

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from store import pages, services
+from store import access, pages, services
 from store.models import Blob, Person, Priority, Status
 from store.query import Query
 from store.views import TicketDetail, ticket_detail
@@ -114,28 +114,59 @@ class Desk:
         self.me = ws.settings.me.strip().lower()
         with ws.db.session() as session:
             self.me_id = pages.person_id(session, self.me) if self.me else None
+        self.refresh_scope()
+
+    def refresh_scope(self) -> None:
+        """Re-read which queues I may see (store.access); None: every queue."""
+        with self.ws.db.session() as s:
+            ids = access.scope_for(s, self.me)
+        self.scope = tuple(ids) if ids is not None else None
+
+    def scoped(self, query: Query) -> Query:
+        """``query`` limited to the queues I may see."""
+        if self.scope is None:
+            return query
+        return dataclasses.replace(query, queue_ids=self.scope)
+
+    def may_see(self, ticket_id: int) -> bool:
+        """Whether ticket ``ticket_id`` exists in one of my queues."""
+        with self.ws.db.session() as s:
+            return self._visible(s, ticket_id)
+
+    def _visible(self, s: Session, ticket_id: int) -> bool:
+        from sqlalchemy import select
+
+        from store.models import Ticket
+
+        queue_id = s.scalar(select(Ticket.queue_id).where(Ticket.id == ticket_id))
+        return queue_id is not None and (self.scope is None or queue_id in self.scope)
 
     # ------------------------------------------------------------------ reading
 
     def first_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
         """The first rows of the queue in ``query``'s order."""
+        self.refresh_scope()
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             return self._with_sla(s, pages.fetch_page(s, query, self.me_id, limit=limit))
 
     def page_after(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
         """Rows after ``key``."""
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             rows = pages.fetch_page(s, query, self.me_id, after=key, limit=limit)
             return self._with_sla(s, rows)
 
     def page_before(self, query: Query, key: pages.Key, limit: int) -> list[pages.QueueRow]:
         """Rows before ``key``."""
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             rows = pages.fetch_page(s, query, self.me_id, before=key, limit=limit)
             return self._with_sla(s, rows)
 
     def last_page(self, query: Query, limit: int) -> list[pages.QueueRow]:
         """The last rows."""
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             return self._with_sla(s, pages.fetch_last_page(s, query, self.me_id, limit=limit))
 
@@ -161,11 +192,13 @@ class Desk:
 
     def count(self, query: Query) -> int:
         """How many tickets match."""
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             return pages.count(s, query, self.me_id)
 
     def rows(self, query: Query, ids: Iterable[int]) -> dict[int, pages.QueueRow | None]:
         """Fresh rows for ``ids`` (None: no longer in the view)."""
+        query = self.scoped(query)
         with self.ws.db.session() as s:
             found = pages.rows_by_id(s, query, self.me_id, ids)
             fresh = {r.ticket.id: r for r in self._with_sla(s, [r for r in found.values() if r])}
@@ -192,18 +225,24 @@ class Desk:
             return pages.changes_since(s, cursor, gaps=gaps)
 
     def detail(self, ticket_id: int, mark_read: bool = True) -> TicketDetail | None:
-        """A ticket's conversation and history; by default marks it read for me."""
+        """A ticket's conversation and history; by default marks it read for me.
+
+        None when it does not exist or is in a queue I may not see.
+        """
         with self.ws.db.session() as s:
+            if not self._visible(s, ticket_id):
+                return None
             detail = ticket_detail(s, ticket_id)
         if detail is not None and mark_read:
             self.mark_read(ticket_id, detail.ticket.version)
         return detail
 
     def mark_read(self, ticket_id: int, version: int) -> None:
-        """Remember that I have seen ``ticket_id`` at ``version``."""
+        """Remember that I have seen ``ticket_id`` at ``version`` (and audit the view)."""
         if self.me_id is not None:
             with self.ws.db.write() as s:
                 pages.mark_read(s, self.me_id, ticket_id, version)
+                access.record_view(s, self.me_id, ticket_id)
 
     def mark_unread(self, ticket_id: int) -> None:
         """Show the ticket as unseen again."""
@@ -331,6 +370,14 @@ class Desk:
 
         with self.ws.db.session() as s:
             stmt = select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit)
+            if self.scope is not None:
+                from store.models import Ticket
+
+                stmt = stmt.where(
+                    OutboxItem.ticket_id.in_(
+                        select(Ticket.id).where(Ticket.queue_id.in_(self.scope))
+                    )
+                )
             if not with_sent:
                 stmt = stmt.where(OutboxItem.state != OutboxState.SENT)
             return [
@@ -375,7 +422,13 @@ class Desk:
 
         with self.ws.db.session() as s:
             return for_settings(
-                s, self.ws.settings, since, now=datetime.now(UTC), queue=queue, by=by
+                s,
+                self.ws.settings,
+                since,
+                now=datetime.now(UTC),
+                queue=queue,
+                by=by,
+                queue_ids=self.scope,
             )
 
     def outbox_failed(self) -> int:
@@ -405,6 +458,10 @@ class Desk:
         for target in targets:
             try:
                 with self.ws.db.write() as s:
+                    others = [target.id] + ([value.id] if isinstance(value, Target) else [])
+                    for tid in others:
+                        if not self._visible(s, tid):
+                            raise services.NotFoundError(f"no ticket #{tid} in your queues")
                     me = services.get_or_create_person(s, self.me, provider=True)
                     self.me_id = me.id
                     result = ACTIONS[action](s, target, me, value)

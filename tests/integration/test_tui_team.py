@@ -172,3 +172,48 @@ def test_conflict_is_shown_then_reapplied_or_dropped(
     else:
         assert t.status == Status.NEW
         assert kinds(alice, 3)[-1] == ("priority", "bob@corp.example")
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_commit_elsewhere_shows_at_once_through_notify(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """With LISTEN/NOTIFY the periodic look is not needed: with it set to a minute,
+    a change committed elsewhere still shows within a fraction of a second."""
+    alice = open_workspace(_settings(pg_url, "alice@corp.example", tmp_path))
+    bob = open_workspace(_settings(pg_url, "bob@corp.example", tmp_path))
+    with bob.db.write() as s:
+        queue = s.scalars(select(Queue)).one()
+        requester = services.get_or_create_person(s, "emp@corp.example", "Em Ployee")
+        tid = services.open_ticket(s, queue=queue, requester=requester, subject="VPN down").id
+
+    async def scenario() -> tuple[float, float]:
+        app = make_app(alice, live_interval=60)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(app, lambda: tid in rows(app))
+            assert app.listener is not None
+            await until(app, app.listener.listening.is_set)
+            with bob.db.write() as s:
+                me = services.get_or_create_person(s, "bob@corp.example", provider=True)
+                services.claim(s, tid, 1, me)
+            committed = time.monotonic()
+            await until(app, lambda: getattr(rows(app)[tid], "assignee", None) is not None)
+            changed_after = time.monotonic() - committed
+            with bob.db.write() as s:  # a new ticket, as the poller writes it
+                who = services.get_or_create_person(s, "new@corp.example")
+                queue = s.scalars(select(Queue)).one()
+                services.open_ticket(s, queue=queue, requester=who, subject="Screen flickers")
+            committed = time.monotonic()
+            await until(app, lambda: len(rows(app)) == 2)
+            created_after = time.monotonic() - committed
+            await pilot.pause()
+        return changed_after, created_after
+
+    try:
+        changed_after, created_after = asyncio.run(scenario())
+    finally:
+        alice.close()
+        bob.close()
+    print(f"NOTIFY refresh: change {changed_after:.3f} s, new ticket {created_after:.3f} s")
+    # With no NOTIFY the next look would be 60 s away: 5 s proves the push path.
+    assert changed_after < 5 and created_after < 5
