@@ -31,6 +31,7 @@ bench: setup  ## benchmarks under tests/bench (each prints one JSON line)
 	$(BIN)/python tests/bench/tui.py
 	$(BIN)/python tests/bench/reply.py
 	$(BIN)/python tests/bench/report.py
+	$(BIN)/python tests/bench/team.py
 
 clean:
 	rm -rf $(VENV) demo-workspace .pytest_cache .mypy_cache .ruff_cache

@@ -197,11 +197,12 @@ class MailboxWorker(threading.Thread):
         # A fresh source: the previous holder may have moved the mailbox on meanwhile.
         self.source = make_source(self.mailbox, self.ws, self.ingestor)
         if previous is not None and previous.holder != self.holder:
-            how = (
-                f"its lease ran out {-previous.expires_in:.1f} s ago"
-                if previous.expires_in <= 0
-                else "its process is gone"
-            )
+            if previous.released:
+                how = "it stopped and let go"
+            elif previous.expires_in <= 0:
+                how = f"its lease ran out {-previous.expires_in:.1f} s ago"
+            else:
+                how = "its process is gone"
             log.info(
                 "mailbox %s: taking over from %s (%s)", self.mailbox.name, previous.holder, how
             )

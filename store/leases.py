@@ -130,6 +130,11 @@ class Holder:
     generation: int
     expires_in: float  # seconds; negative once expired
 
+    @property
+    def released(self) -> bool:
+        """Given up at a clean stop (not run out)."""
+        return self.expires_in < -1e8  # expires_at was set to 0
+
 
 def try_acquire(
     db: Database, name: str, holder: str, ttl: float = TTL_SECONDS

@@ -70,3 +70,52 @@ def test_poll_runs_until_sigterm_and_stops_cleanly(tmp_path: Path) -> None:
     assert "INFO mail.poller: stopped" in log
     assert "Traceback" not in log
     assert [p.name[-4:] for p in (tmp_path / "Maildir" / "cur").iterdir()] == [":2,S"]
+
+
+def test_a_second_poller_stands_by_and_poll_once_skips_a_worked_mailbox(tmp_path: Path) -> None:
+    """Two ``deskq poll`` on one database: one works the mailbox, the other stands by and
+    takes over at once when the first stops; ``--once`` leaves a worked mailbox alone."""
+    config = _config(tmp_path)
+    env = {**os.environ, "HOME": str(tmp_path)}
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [DESKQ, "--config", str(config), "poll"], env=env, stderr=subprocess.PIPE, text=True
+        )
+
+    first = start()
+    second: subprocess.Popen[str] | None = None
+    try:
+        (tmp_path / "Maildir" / "new" / "1.mail").write_bytes(MAIL)
+        deadline = time.monotonic() + 20
+        while _tickets(tmp_path / "deskq.db") < 1:
+            assert time.monotonic() < deadline, "mail not ingested by the first poller"
+            time.sleep(0.1)
+        second = start()
+        once = subprocess.run(
+            [DESKQ, "--config", str(config), "poll", "--once"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert once.returncode == 0, once.stderr
+        assert f":{first.pid}:" in once.stderr and "skipped" in once.stderr, once.stderr
+        first.send_signal(signal.SIGTERM)  # a clean stop releases the lease at once
+        assert first.wait(timeout=15) == 0
+        (tmp_path / "Maildir" / "new" / "2.mail").write_bytes(
+            MAIL.replace(b"jam-1", b"jam-2").replace(b"Printer jam", b"Scanner jam")
+        )
+        deadline = time.monotonic() + 10
+        while _tickets(tmp_path / "deskq.db") < 2:
+            assert time.monotonic() < deadline, "the standby did not take over"
+            time.sleep(0.1)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=15) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    first_log = first.stderr.read() if first.stderr else ""
+    second_log = second.stderr.read() if second and second.stderr else ""
+    assert "working it" in first_log, first_log
+    assert "standing by" in second_log and "taking over from" in second_log, second_log
+    assert "mailbox local: 1 new" in second_log
+    assert "it stopped and let go" in second_log
