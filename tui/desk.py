@@ -122,6 +122,19 @@ class Desk:
             ids = access.scope_for(s, self.me)
         self.scope = tuple(ids) if ids is not None else None
 
+    def queue_keys(self) -> list[str]:
+        """The keys of the configured queues I may see, in config order."""
+        keys = [q.key for q in self.ws.settings.queue]
+        if self.scope is None:
+            return keys
+        from sqlalchemy import select
+
+        from store.models import Queue
+
+        with self.ws.db.session() as s:
+            mine = set(s.scalars(select(Queue.key).where(Queue.id.in_(self.scope))))
+        return [k for k in keys if k in mine]
+
     def scoped(self, query: Query) -> Query:
         """``query`` limited to the queues I may see."""
         if self.scope is None:

@@ -38,8 +38,11 @@ class View:
 LEFT_REFRESH = 30.0  # seconds between redraws of the SLA time left
 
 
-def builtin_views(settings: Settings) -> list[View]:
-    """All, mine, unassigned, breaching (with SLAs), one per queue, waiting, resolved."""
+def builtin_views(settings: Settings, queues: list[str] | None = None) -> list[View]:
+    """All, mine, unassigned, breaching (with SLAs), one per queue, waiting, resolved.
+
+    ``queues``: the keys of the queues the provider may see (default: all).
+    """
     views = [
         View("All", ""),
         View("Mine", "assignee:me is:active"),
@@ -50,6 +53,7 @@ def builtin_views(settings: Settings) -> list[View]:
     views += [
         View(q.name if len(q.name) <= 12 else q.key, f"queue:{q.key} is:active")
         for q in settings.queue
+        if queues is None or q.key in queues
     ]
     views += [View("Waiting", "is:waiting"), View("Resolved", "is:done")]
     return views
@@ -101,7 +105,7 @@ class QueueScreen(Screen[None]):
     def __init__(self, desk: Desk, settings: Settings) -> None:
         super().__init__()
         self.desk, self.settings = desk, settings
-        self.views = builtin_views(settings)
+        self.views = builtin_views(settings, desk.queue_keys())
         self.view_index = 0
         self.query_text = ""
         self.failed_mail = 0
@@ -137,7 +141,8 @@ class QueueScreen(Screen[None]):
 
     def _set_saved(self, saved: list[tuple[str, str]], select: str | None = None) -> None:
         current = self.views[self.view_index] if 0 <= self.view_index < len(self.views) else None
-        self.views = builtin_views(self.settings) + [View(n, t, True) for n, t in saved]
+        builtin = builtin_views(self.settings, self.desk.queue_keys())
+        self.views = builtin + [View(n, t, True) for n, t in saved]
         if select is not None:  # a view just saved: it is the one shown
             current = next((v for v in self.views if v.saved and v.name == select), current)
         if current is not None and current in self.views:
@@ -324,7 +329,7 @@ class QueueScreen(Screen[None]):
     def action_reports(self) -> None:
         from tui.reports_screen import ReportsScreen
 
-        self.app.push_screen(ReportsScreen(self.desk, [q.key for q in self.settings.queue]))
+        self.app.push_screen(ReportsScreen(self.desk, self.desk.queue_keys()))
 
     @work(group="unread", exit_on_error=False)
     async def action_unread(self) -> None:
