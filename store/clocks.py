@@ -85,9 +85,13 @@ def fingerprint(settings: Any) -> str:
 
 def install(factory: sessionmaker[Session], keeper: Keeper) -> None:
     """Keep clocks in step on every flush of sessions made by ``factory``."""
-    factory.kw.setdefault("info", {})["clocks"] = keeper
-    if not event.contains(factory, "after_flush", _after_flush):
+    info = factory.kw.setdefault("info", {})
+    info["clocks"] = keeper
+    # The mark lives on the factory itself: event.contains() answers by id(), and a new
+    # sessionmaker can get the id of a collected one whose listener it then "has".
+    if not info.get("clocks_hooked"):
         event.listen(factory, "after_flush", _after_flush)
+        info["clocks_hooked"] = True
 
 
 def _after_flush(session: Session, _context: Any) -> None:

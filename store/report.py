@@ -227,7 +227,6 @@ def build(
     if by not in BY:
         raise ReportError(f"--by {by!r} is not known; use one of {', '.join(BY)}")
     c = TicketClock
-    where: list[Any] = [c.created < until.timestamp()]
     queue_id = None
     if queue is not None:
         queue_id = session.scalar(select(Queue.id).where(Queue.key == queue))
@@ -237,18 +236,26 @@ def build(
                 shown = shown.where(Queue.id.in_(queue_ids))
             known = ", ".join(session.scalars(shown))
             raise ReportError(f"there is no queue {queue!r}; queues are {known}")
-        where.append(c.queue_id == queue_id)
-    elif queue_ids is not None:
-        where.append(c.queue_id.in_(queue_ids))
+    scope = [queue_id] if queue_id is not None else queue_ids
+
+    def cohort(start: datetime | None) -> list[Any]:
+        """The cohort's conditions, built afresh for every statement: statements compiled
+        at once in several threads must not share expressions (nor their parameters)."""
+        out: list[Any] = [c.created < until.timestamp()]
+        if start is not None:
+            out.append(c.created >= start.timestamp())
+        if scope is not None:
+            out.append(c.queue_id.in_(list(scope)))
+        return out
+
     if since is None:
-        first = session.scalar(select(func.min(c.created)).where(*where))
+        first = session.scalar(select(func.min(c.created)).where(*cohort(None)))
         since = datetime.fromtimestamp(first, UTC) if first is not None else until
     if since > until:
         raise ReportError(
             f"--since {since.astimezone(calendar_tz).date()} is after the end of the period "
             f"({until.astimezone(calendar_tz).date()}): use a date in the past"
         )
-    where.append(c.created >= since.timestamp())
     now = until.timestamp()
 
     names = _group_names(session, by)
@@ -265,10 +272,16 @@ def build(
             monday += timedelta(days=7)
 
     sqlite = session.get_bind().dialect.name == "sqlite"  # SQLite's CAST truncates, PG's rounds
-    key_col: Any = {"queue": c.queue_id, "provider": c.assignee_id, "category": c.category}.get(by)
     size = _bucket_size(_day_starts(first_day, last_day, calendar_tz))
-    if key_col is None:  # weeks: hours (or quarters) in SQL, folded into local weeks here
-        key_col = cast(c.created / size, Integer) if sqlite else func.floor(c.created / size)
+
+    def key_col() -> Any:
+        """The grouping expression (afresh each time, as :func:`cohort`)."""
+        column = {"queue": c.queue_id, "provider": c.assignee_id, "category": c.category}.get(by)
+        if column is not None:
+            return column
+        # weeks: hours (or quarters) in SQL, folded into local weeks here
+        return cast(c.created / size, Integer) if sqlite else func.floor(c.created / size)
+
     groups: dict[Any, _Group] = {}
     of_key: dict[Any, _Group] = {}
 
@@ -302,11 +315,15 @@ def build(
 
         return pool.submit(run)
 
-    def grouped(q: Any) -> Any:
-        return background(lambda conn: conn.execute(q.where(*where).group_by(key_col)).all())
+    def grouped(half: int) -> Any:
+        def job(conn: Any) -> Any:
+            key = key_col()
+            stmt = _passes(key, now)[half].where(*cohort(since)).group_by(key)
+            return conn.execute(stmt).all()
 
-    passes = [grouped(q) for q in _passes(key_col, now)]
-    scope = [queue_id] if queue_id is not None else queue_ids
+        return background(job)
+
+    passes = [grouped(0), grouped(1)]
     days = background(
         lambda conn: _days(conn, scope, first_day, last_day, calendar_tz, since, until)
     )

@@ -36,6 +36,27 @@ from mail.demo_mail import generate
 from tests.servers import Dovecot, dovecot_unavailable_reason
 
 DESKQ = str(Path(sys.executable).parent / "deskq")
+# The demo mail's three queues (the generator addresses its aliases).
+QUEUES = """
+[[queue]]
+key = "it"
+name = "IT Help"
+tag = "IT"
+address = "it-help@corp.example"
+aliases = ["it@corp.example"]
+[[queue]]
+key = "hr"
+name = "People Team"
+tag = "HR"
+address = "hr@corp.example"
+aliases = ["people@corp.example"]
+[[queue]]
+key = "facilities"
+name = "Facilities"
+tag = "FAC"
+address = "facilities@corp.example"
+aliases = ["office@corp.example"]
+"""
 FILLER = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod. " * 14
 
 
@@ -91,25 +112,8 @@ after = "seen"
 default_queue = "it"
 [ingest]
 batch_size = 500
-[[queue]]
-key = "it"
-name = "IT Help"
-tag = "IT"
-address = "it-help@corp.example"
-aliases = ["it@corp.example"]
-[[queue]]
-key = "hr"
-name = "People Team"
-tag = "HR"
-address = "hr@corp.example"
-aliases = ["people@corp.example"]
-[[queue]]
-key = "facilities"
-name = "Facilities"
-tag = "FAC"
-address = "facilities@corp.example"
-aliases = ["office@corp.example"]
-""",
+"""
+        + QUEUES,
         encoding="utf-8",
     )
     subprocess.run([DESKQ, "--config", str(config), "init"], check=True, capture_output=True)

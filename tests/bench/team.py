@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.ingest import DESKQ, corpus, seed_folder
+from tests.bench.ingest import DESKQ, QUEUES, corpus, seed_folder
 from tests.servers import (
     Dovecot,
     PostgresCluster,
@@ -56,26 +56,6 @@ from tests.servers import (
     postgres_unavailable_reason,
 )
 
-QUEUES = """
-[[queue]]
-key = "it"
-name = "IT Help"
-tag = "IT"
-address = "it-help@corp.example"
-aliases = ["it@corp.example"]
-[[queue]]
-key = "hr"
-name = "People Team"
-tag = "HR"
-address = "hr@corp.example"
-aliases = ["people@corp.example"]
-[[queue]]
-key = "facilities"
-name = "Facilities"
-tag = "FAC"
-address = "facilities@corp.example"
-aliases = ["office@corp.example"]
-"""
 KINDS = ("claim", "status", "note", "reply")
 WEIGHTS = (0.25, 0.30, 0.30, 0.15)
 NEXT_STATUS = {

@@ -257,3 +257,29 @@ def test_templates_see_the_ticket_sla(db: Database) -> None:
         ticket = s.get(Ticket, t.id)
         assert ticket is not None
         assert context(s, without, ticket, None)["sla"] == {}
+
+
+def test_every_new_session_factory_gets_the_hook(sqlite_url: str) -> None:
+    """A regression: the hook was installed unless ``event.contains`` said it was there,
+    and that answers by ``id()``; a new sessionmaker that reused the id of a collected
+    one was taken for it, kept no clocks, and reports read an empty cache (a flaky test
+    about once in 300 databases)."""
+    import gc
+
+    from sqlalchemy.orm import sessionmaker
+
+    db = Database.open(sqlite_url)
+    _, keeper = _setup(db, RULES_A)
+    for n in range(60):
+        factory = sessionmaker(db.engine, expire_on_commit=False)
+        clocks.install(factory, keeper)
+        with factory() as s, s.begin():
+            queue = s.scalars(select(Queue)).one()
+            who = services.get_or_create_person(s, f"emp{n}@corp.example")
+            t = services.open_ticket(s, queue=queue, requester=who, subject=f"T{n}", at=T0)
+            s.flush()
+            assert s.get(TicketClock, t.id) is not None, f"no clock row for factory {n}"
+            s.rollback()
+        del factory
+        gc.collect()
+    db.close()
