@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, event, func, insert, select, update
+from sqlalchemy import Table, Text, bindparam, event, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.calendar import Calendar
@@ -113,6 +113,17 @@ def touch(session: Session, ticket_ids: Iterable[int], keeper: Keeper | None = N
         _update(session, keeper, ids[start : start + CHUNK])
 
 
+DATA_KINDS = frozenset({"created", "sent", "status", "rating"})  # what Clocks.apply reads
+
+
+def _data(kind: str, raw: Any) -> dict[str, Any]:
+    """An event's data if the clocks need it (a dict from PostgreSQL, JSON text from SQLite)."""
+    if kind not in DATA_KINDS or raw is None:
+        return {}
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    return data if isinstance(data, dict) else {}
+
+
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
@@ -130,8 +141,10 @@ def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
     have = {r.ticket_id: r for r in conn.execute(rows)}
     low = min((r.last_event_id for r in have.values()), default=0) if len(have) == len(ids) else 0
     logs: dict[int, list[Any]] = {tid: [] for tid in ids}
+    # The data as stored (JSON text on SQLite), decoded below only for the few kinds
+    # whose data the clocks read: most events of a busy log are messages and notes.
     for e in conn.execute(
-        select(Event.id, Event.ticket_id, Event.at, Event.kind, Event.data)
+        select(Event.id, Event.ticket_id, Event.at, Event.kind, type_coerce(Event.data, Text))
         .where(Event.ticket_id.in_(ids), Event.id > low)
         .order_by(Event.ticket_id, Event.id)
     ):
@@ -159,7 +172,7 @@ def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
         clocks = Clocks.from_state(keeper.calendar, old.state) if old else Clocks(keeper.calendar)
         rating = old.rating if old else None
         for e in fresh:
-            data = e.data or {}
+            data = _data(e.kind, e[4])
             clocks.apply(e.at, e.kind, data)
             if e.kind == "rating" and isinstance(data.get("rating"), int):
                 rating = data["rating"]

@@ -44,6 +44,7 @@ tag = "HELP"
 address = "help@example.com"
 aliases = []
 signature = ""
+# providers = ["carol@corp.example"]   # only they see this queue (default: every provider)
 
 # How replies leave. Without [sending], replies wait in the outbox.
 # [sending]
