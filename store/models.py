@@ -170,7 +170,7 @@ class Person(Base):
     is_provider: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The PostgreSQL role this provider logs in as (row-level security maps it back).
-    db_role: Mapped[str | None] = mapped_column(String(63), unique=True)
+    db_role: Mapped[str | None] = mapped_column(String(63), unique=True, index=True)
 
 
 class Ticket(Base):

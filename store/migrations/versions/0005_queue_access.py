@@ -67,11 +67,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("queue_id", "person_id", name=op.f("pk_queue_members")),
     )
-    with op.batch_alter_table("queue_members", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_queue_members_person_id"), ["person_id"], unique=False)
-    with op.batch_alter_table("people", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("db_role", sa.String(length=63), nullable=True))
-        batch_op.create_unique_constraint(batch_op.f("uq_people_db_role"), ["db_role"])
+    op.create_index(
+        op.f("ix_queue_members_person_id"), "queue_members", ["person_id"], unique=False
+    )
+    # A plain ADD COLUMN and a unique index: on SQLite a table rebuild ("batch") of
+    # people would have to drop a table every other table refers to.
+    op.add_column("people", sa.Column("db_role", sa.String(length=63), nullable=True))
+    op.create_index(op.f("ix_people_db_role"), "people", ["db_role"], unique=True)
 
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -90,9 +92,7 @@ def downgrade() -> None:
             op.execute(f"DROP POLICY IF EXISTS deskq_queue_access ON {table}")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
         op.execute("DROP FUNCTION IF EXISTS deskq_visible_queues()")
-    with op.batch_alter_table("people", schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f("uq_people_db_role"), type_="unique")
-        batch_op.drop_column("db_role")
-    with op.batch_alter_table("queue_members", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_queue_members_person_id"))
+    op.drop_index(op.f("ix_people_db_role"), table_name="people")
+    op.execute("ALTER TABLE people DROP COLUMN db_role")  # SQLite 3.35+: no rebuild
+    op.drop_index(op.f("ix_queue_members_person_id"), table_name="queue_members")
     op.drop_table("queue_members")
