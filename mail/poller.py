@@ -124,8 +124,13 @@ class MailboxWorker(threading.Thread):
         self.lease: Lease | None = None
 
     def halted(self) -> bool:
-        """Stop working: the poller stops, or the lease is gone."""
-        return self.stop.is_set() or self.lease is None or self.lease.lost.is_set()
+        """Stop working: the poller stops, or the lease is gone (or may be: not renewed
+        for a whole lease time, a standby may hold it by now)."""
+        lease = self.lease
+        if lease is not None and not lease.lost.is_set() and lease.expired_locally():
+            lease.lost.set()
+            log.warning("mailbox %s: lease not renewed in time; standing by", self.mailbox.name)
+        return self.stop.is_set() or lease is None or lease.lost.is_set()
 
     def run(self) -> None:
         if self.own_heartbeat:
@@ -138,13 +143,17 @@ class MailboxWorker(threading.Thread):
 
     def _run(self) -> None:
         backoff = Backoff()
+        # A standby that cannot reach the database looks again soon: once it is back,
+        # the mailbox must not wait minutes for a taker.
+        looking = Backoff(cap=leases.STANDBY_POLL * 10)
         standing_by = False
         while not self.stop.is_set():
             if self.halted():
                 try:
                     acquired = self._acquire(standing_by)
+                    looking.reset()
                 except Exception as exc:  # noqa: BLE001 - the database is away: logged, backoff
-                    self._failed(exc, backoff)
+                    self._failed(exc, looking)
                     continue
                 if not acquired:
                     standing_by = True

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from mail import compose as mailcompose
 from mail import templates
+from mail.batch import _insert_skipping
 from mail.quotes import own_text
 from store import outbox, services
 from store.config import Settings
@@ -264,11 +265,17 @@ def read_attachments(paths: tuple[str, ...]) -> list[tuple[str, str, bytes]]:
 def _store_attachments(session: Session, row: Message, files: list[tuple[str, str, bytes]]) -> None:
     for filename, media_type, data in files:
         digest = hashlib.sha256(data).hexdigest()
-        if session.get(Blob, digest) is None:
-            session.add(
-                Blob(sha256=digest, size=len(data), compression="zlib", data=zlib.compress(data))
-            )
-            session.flush()
+        # Insert-or-keep without reading first: under row-level security a provider
+        # cannot see a blob only other queues use, and must not learn it exists.
+        session.execute(
+            _insert_skipping(session, Blob, "sha256"),
+            {
+                "sha256": digest,
+                "size": len(data),
+                "compression": "zlib",
+                "data": zlib.compress(data),
+            },
+        )
         session.add(
             Attachment(
                 message_id=row.id,

@@ -27,24 +27,27 @@ from sqlalchemy.orm import Session
 from store.models import Event, Person, Queue, QueueMember, Ticket, utcnow
 
 GROUP_ROLE = "deskq_provider"
-# What a provider's role may do (row-level security narrows it to their queues).
-PROVIDER_WRITES = (
-    "tickets",
-    "ticket_clocks",
-    "messages",
-    "events",
-    "ticket_tags",
-    "ticket_flags",
-    "ticket_reads",
-    "ticket_links",
-    "outbox",
-    "attachments",
-    "blobs",
-    "raw_sources",
-    "people",
-    "saved_views",
+# What a provider's role may change, table by table (row-level security narrows every
+# one of them to the provider's queues). Everything else is read-only, and what is not
+# listed for a column may not be written at all: above all people.db_role (the mapping
+# the policies trust), messages.raw_id (what points at a raw source), raw_sources.
+PROVIDER_GRANTS = (
+    "INSERT, UPDATE ON tickets",
+    "INSERT, UPDATE ON ticket_clocks",
+    "INSERT, UPDATE (ticket_id, threaded_by) ON messages",
+    "INSERT ON events",
+    "INSERT, UPDATE, DELETE ON ticket_tags",
+    "INSERT, UPDATE, DELETE ON ticket_flags",
+    "INSERT, UPDATE, DELETE ON ticket_reads",
+    "INSERT, DELETE ON ticket_links",
+    "INSERT, UPDATE ON outbox",
+    "INSERT ON attachments",
+    "INSERT ON blobs",
+    "INSERT (address, display_name, is_provider, created_at) ON people",
+    "UPDATE (display_name, is_provider) ON people",
+    "INSERT, UPDATE, DELETE ON saved_views",
 )
-_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ROLE = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 
 
 class AccessError(ValueError):
@@ -305,12 +308,14 @@ def apply_roles(session: Session) -> list[str]:
         session.execute(text(f"CREATE ROLE {GROUP_ROLE} NOLOGIN"))
         done.append(f"created group role {GROUP_ROLE}")
     database = session.scalar(text("SELECT current_database()"))
-    session.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {GROUP_ROLE}'))
+    quoted = '"' + str(database).replace('"', '""') + '"'
+    session.execute(text(f"GRANT CONNECT ON DATABASE {quoted} TO {GROUP_ROLE}"))
     session.execute(text(f"GRANT USAGE ON SCHEMA public TO {GROUP_ROLE}"))
+    # From scratch each time, so grants of an earlier deskq do not linger.
+    session.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {GROUP_ROLE}"))
     session.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {GROUP_ROLE}"))
-    session.execute(
-        text(f"GRANT INSERT, UPDATE, DELETE ON {', '.join(PROVIDER_WRITES)} TO {GROUP_ROLE}")
-    )
+    for grant in PROVIDER_GRANTS:
+        session.execute(text(f"GRANT {grant} TO {GROUP_ROLE}"))
     session.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {GROUP_ROLE}"))
     session.execute(text(f"GRANT EXECUTE ON FUNCTION deskq_visible_queues() TO {GROUP_ROLE}"))
     done.append(f"granted {GROUP_ROLE} the use of deskq's tables in {database}")

@@ -108,6 +108,13 @@ def make_engine(
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed, busy_timeout_ms, cache_mb, echo=echo)
+        # A session that sits in a transaction doing nothing for a minute (a frozen
+        # poller, a dropped laptop) is ended by the server, so the row locks it holds
+        # (a mailbox lease among them) do not outlive it by hours.
+        options = str(parsed.query.get("options", ""))
+        if "idle_in_transaction_session_timeout" not in options:
+            options = f"{options} -c idle_in_transaction_session_timeout=60s".strip()
+        parsed = parsed.update_query_dict({"options": options})
         return create_engine(parsed, echo=echo, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise DatabaseError(

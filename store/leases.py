@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, cast, delete, func, literal, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from store.db import Database
@@ -58,18 +58,19 @@ def _pid_space() -> str | None:
 
     Two holders with the same value see the same processes, so one can tell for sure
     that the other's pid is gone. Elsewhere no such check is made: expiry only.
-    ``DESKQ_HOST_ID`` replaces it, for hosts that would look alike (containers sharing
-    a host name and a PID namespace would otherwise take each other's pids for theirs).
+    ``DESKQ_HOST_ID`` is mixed in: processes with different values count as on
+    different hosts (expiry only between them).
     """
-    override = os.environ.get("DESKQ_HOST_ID")
-    if override:
-        return hashlib.sha256(f"id|{override}".encode()).hexdigest()[:32]
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         space = os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
-    return hashlib.sha256(f"{socket.gethostname()}|{boot}|{space}".encode()).hexdigest()[:32]
+    # The override only ever tells hosts apart: replicas sharing one value still differ
+    # by boot and namespace, so none takes another's live pid for a dead one.
+    override = os.environ.get("DESKQ_HOST_ID", "")
+    key = f"{socket.gethostname()}|{boot}|{space}|{override}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 PID_SPACE = _pid_space()
@@ -147,10 +148,12 @@ def try_acquire(
     for _ in range(2):  # a concurrent first INSERT: look again
         try:
             with db.write() as session:
-                now = float(session.scalar(select(db_now(session))) or 0.0)
+                # NOWAIT: a batch in flight holds the row (see fence) -- its holder is
+                # alive, or the database will end its transaction; look again later.
                 row = session.scalars(
-                    select(PollerLease).where(PollerLease.name == name).with_for_update()
+                    select(PollerLease).where(PollerLease.name == name).with_for_update(nowait=True)
                 ).first()
+                now = float(session.scalar(select(db_now(session))) or 0.0)  # after the lock
                 if row is None:
                     session.add(
                         PollerLease(
@@ -180,15 +183,20 @@ def try_acquire(
             return Lease(name, holder, generation, ttl), previous
         except IntegrityError:
             continue
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                return None, None
+            raise
     return None, None
 
 
 def renew(db: Database, lease: Lease) -> bool:
     """Extend the lease; False (and ``lease.lost`` set) when another holder has it."""
+    started = time.monotonic()  # the new expiry counts from before the UPDATE, at the latest
     with db.write() as session:
         ok = _extend(session, lease)
     if ok:
-        lease.renewed = time.monotonic()
+        lease.renewed = started
     else:
         lease.lost.set()
     return ok
@@ -196,13 +204,14 @@ def renew(db: Database, lease: Lease) -> bool:
 
 def fence(session: Session, lease: Lease) -> None:
     """Inside a write transaction: go on only if ``lease`` is still ours (and extend it)."""
+    started = time.monotonic()
     if not _extend(session, lease):
         lease.lost.set()
         raise LeaseLost(
             f"mailbox {lease.name}: another poller took over (lease generation "
             f"{lease.generation} is gone); nothing of this batch was stored"
         )
-    lease.renewed = time.monotonic()
+    lease.renewed = started
 
 
 def _extend(session: Session, lease: Lease) -> bool:
@@ -212,6 +221,7 @@ def _extend(session: Session, lease: Lease) -> bool:
             PollerLease.name == lease.name,
             PollerLease.holder == lease.holder,
             PollerLease.generation == lease.generation,
+            PollerLease.expires_at > 0,  # released: never revived by a late renewal
         )
         .values(expires_at=db_now(session) + lease.ttl)
         .execution_options(synchronize_session=False)

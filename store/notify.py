@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import URL
 
@@ -23,9 +24,25 @@ CHANNEL = "deskq_events"
 RETRY_SECONDS = 5.0
 
 
-def conninfo(url: URL) -> str:
-    """A libpq URL (password included) from SQLAlchemy's ``postgresql+psycopg`` one."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def connect_args(url: URL) -> dict[str, Any]:
+    """psycopg's keyword arguments for SQLAlchemy's ``postgresql+psycopg`` URL.
+
+    Keywords, not a rendered URL: a password with spaces or ``@`` in it would break a
+    URL, and psycopg's complaint about it would quote the password into the log.
+    """
+    args: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("host", url.host),
+            ("port", url.port),
+            ("user", url.username),
+            ("password", url.password),
+            ("dbname", url.database),
+        )
+        if value is not None
+    }
+    args.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+    return args
 
 
 class Listener(threading.Thread):
@@ -45,8 +62,8 @@ class Listener(threading.Thread):
 
         while not self.stopping.is_set():
             try:
-                info = conninfo(self.url)
-                with psycopg.connect(info, autocommit=True, connect_timeout=10) as conn:
+                args = connect_args(self.url) | {"autocommit": True, "connect_timeout": 10}
+                with psycopg.connect(**args) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     while not self.stopping.is_set():
@@ -55,6 +72,9 @@ class Listener(threading.Thread):
                             self.on_change()
             except Exception as exc:  # noqa: BLE001 - logged; the periodic look goes on
                 self.listening.clear()
-                log.warning("live refresh: LISTEN failed (%s); again in %.0f s", exc, RETRY_SECONDS)
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if self.url.password:
+                    reason = reason.replace(str(self.url.password), "***")
+                log.warning("live refresh: LISTEN failed (%s); retrying", reason)
                 self.stopping.wait(RETRY_SECONDS)
         self.listening.clear()

@@ -422,6 +422,7 @@ class Desk:
                     TicketClock.due > since,
                     TicketClock.due <= until,
                     TicketClock.assignee_id == self.me_id,
+                    *([TicketClock.queue_id.in_(self.scope)] if self.scope is not None else []),
                 )
                 .order_by(TicketClock.due)
             )
@@ -452,6 +453,11 @@ class Desk:
 
         with self.ws.db.session() as s:
             stmt = select(func.count()).where(OutboxItem.state == OutboxState.FAILED)
+            if self.scope is not None:
+                from store.models import Ticket
+
+                mine = select(Ticket.id).where(Ticket.queue_id.in_(self.scope))
+                stmt = stmt.where(OutboxItem.ticket_id.in_(mine))
             return int(s.scalar(stmt) or 0)
 
     def retry_outbox(self, outbox_id: int) -> None:
@@ -468,10 +474,15 @@ class Desk:
         if not self.me:
             raise services.ActionError('set me = "your address" in the config to act on tickets')
         outcome = Outcome()
+        self.refresh_scope()
         for target in targets:
             try:
                 with self.ws.db.write() as s:
-                    others = [target.id] + ([value.id] if isinstance(value, Target) else [])
+                    others = [target.id]
+                    if isinstance(value, Target):
+                        others.append(value.id)  # merge into
+                    elif action == "link" and isinstance(value, int):
+                        others.append(value)
                     for tid in others:
                         if not self._visible(s, tid):
                             raise services.NotFoundError(f"no ticket #{tid} in your queues")

@@ -163,6 +163,12 @@ def test_a_provider_sees_and_acts_on_their_queues_only(seeded: Workspace) -> Non
     assert dave.detail(hr_ticket) is not None
     outcome = carol.apply("claim", [Target(hr_ticket, 1)])
     assert outcome.done == [] and "in your queues" in outcome.errors[0]
+    with ws.db.session() as s:
+        it_ticket = s.scalar(select(Ticket.id).where(Ticket.subject == "VPN down"))
+        assert it_ticket is not None
+    for action, value in (("link", hr_ticket), ("merge", Target(hr_ticket, 1))):
+        outcome = carol.apply(action, [Target(it_ticket, 1)], value)
+        assert outcome.done == [] and f"no ticket #{hr_ticket}" in outcome.errors[0], action
     now = datetime.now(UTC)
     with ws.db.session() as s:
         mine = report.for_settings(s, ws.settings, "all", now=now, queue_ids=carol.scope)
@@ -248,6 +254,57 @@ def test_row_level_security_keeps_a_provider_role_to_its_queues(pg_url: str) -> 
         conn.rollback()
         assert (
             conn.execute("UPDATE tickets SET subject = 'x' WHERE id = %s", (hr_ticket,)).rowcount
+            == 0
+        )
+        conn.rollback()
+        refused = (psycopg.errors.InsufficientPrivilege,)
+        with ws.db.session() as s:
+            it_ticket = s.scalar(select(Ticket.id).where(Ticket.subject == "Printer jammed"))
+            hr_raw = s.execute(
+                text("SELECT raw_id FROM messages WHERE ticket_id = :t"), {"t": hr_ticket}
+            ).scalar()
+        attacks = (
+            # take over dave's role mapping: the policies trust people.db_role
+            ("UPDATE people SET db_role = %s WHERE address = 'dave@corp.example'", (carol_role,)),
+            # point a message of one's own at another queue's raw source
+            ("UPDATE messages SET raw_id = %s WHERE ticket_id = %s", (hr_raw, it_ticket)),
+            (
+                "INSERT INTO messages (ticket_id, direction, message_id, from_addr, to_addrs, "
+                "cc_addrs, subject, text_body, raw_id, created_at, threaded_by) "
+                "VALUES (%s, 'inbound', '<x@y>', '', '', '', '', '', %s, now(), '')",
+                (it_ticket, hr_raw),
+            ),
+            # link or merge into a ticket one may not see
+            (
+                "INSERT INTO ticket_links (ticket_id, other_id, kind, created_at) "
+                "VALUES (%s, %s, 'related', now())",
+                (it_ticket, hr_ticket),
+            ),
+            ("UPDATE tickets SET merged_into_id = %s WHERE id = %s", (hr_ticket, it_ticket)),
+            ("UPDATE raw_sources SET data = 'x' WHERE id = %s", (hr_raw,)),
+            ("DELETE FROM blobs", ()),
+        )
+        for sql, params in attacks:
+            with pytest.raises(refused):
+                conn.execute(sql, params)
+            conn.rollback()
+        # A reply's attachment may be a file only another queue has: stored, nothing shown.
+        with ws.db.session() as s:
+            hr_blob = s.execute(
+                text(
+                    "SELECT a.sha256 FROM attachments a JOIN messages m ON m.id = a.message_id "
+                    "WHERE m.ticket_id = :t"
+                ),
+                {"t": hr_ticket},
+            ).scalar()
+        conn.execute(
+            "INSERT INTO blobs (sha256, size, compression, data) VALUES (%s, 1, 'zlib', 'x') "
+            "ON CONFLICT DO NOTHING",
+            (hr_blob,),
+        )
+        conn.commit()
+        assert (
+            conn.execute("SELECT count(*) FROM blobs WHERE sha256 = %s", (hr_blob,)).fetchone()[0]
             == 0
         )
 
