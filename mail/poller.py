@@ -270,13 +270,13 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
     holder = leases.holder_name()
-    heartbeat = Heartbeat(ws.db)
-    heartbeat.start()
 
     def one(mailbox: MailboxSettings) -> None:
         status = statuses[mailbox.name]
         source: object = None
         lease: Lease | None = None
+        heartbeat = Heartbeat(ws.db)  # one per mailbox, as in run_forever
+        heartbeat.start()
         try:
             lease, previous = _lease_within(ws, mailbox.name, holder)
             if lease is None:
@@ -302,6 +302,7 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
                     close()
                 except OSError:
                     log.debug("closing mailbox %s failed", mailbox.name, exc_info=True)
+            heartbeat.stop()
             if lease is not None:
                 heartbeat.drop(lease)
                 if not lease.lost.is_set():
@@ -318,7 +319,6 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
         t.start()
     for t in threads:
         t.join()
-    heartbeat.stop()
     return [statuses[m.name] for m in ws.settings.mailbox]
 
 
@@ -336,13 +336,10 @@ def _lease_within(
 
 def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None = None) -> None:
     """Poll every mailbox until ``stop`` is set (those whose lease this process gets)."""
-    heartbeat = Heartbeat(ws.db)
-    heartbeat.start()
     holder = leases.holder_name()
-    workers = [
-        MailboxWorker(m, ws, stop, progress, heartbeat=heartbeat, holder=holder)
-        for m in ws.settings.mailbox
-    ]
+    # Each worker renews its own lease (its own heartbeat thread): a renewal that waits
+    # on the database for one mailbox does not let the others' leases run out.
+    workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
     for w in workers:
         w.start()
     log.info(
@@ -359,5 +356,4 @@ def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None 
     stuck = [w.name for w in workers if w.is_alive()]
     if stuck:
         log.warning("stopping without waiting for %s (blocked in the network)", ", ".join(stuck))
-    heartbeat.stop()
     log.info("stopped")
