@@ -16,15 +16,18 @@ read another queue's rows, not even with ``psql``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from store.models import Event, Person, Queue, QueueMember, Ticket, utcnow
+
+log = logging.getLogger(__name__)
 
 GROUP_ROLE = "deskq_provider"
 # What a provider's role may change, table by table (row-level security narrows every
@@ -206,8 +209,14 @@ def add(
     return person
 
 
-def remove(session: Session, address: str, queue_keys: list[str] | None = None) -> int:
-    """Take ``address`` off the queues (all of them by default); how many were removed."""
+def remove(
+    session: Session, address: str, queue_keys: list[str] | None = None, *, reopen: bool = False
+) -> int:
+    """Take ``address`` off the queues (all of them by default); how many were removed.
+
+    Taking the last provider off a queue opens it to every provider: only with
+    ``reopen``, so that it never happens by mistake.
+    """
     address = address.strip().lower()
     person = session.scalars(select(Person).where(Person.address == address)).first()
     if person is None:
@@ -223,6 +232,24 @@ def remove(session: Session, address: str, queue_keys: list[str] | None = None) 
             f"{address} is a provider of {', '.join(keys)} by the config: remove it from "
             "providers = [...] of that [[queue]] in the config file instead"
         )
+    if not reopen:
+        last = [
+            m.queue_id
+            for m in members
+            if session.scalar(
+                select(func.count())
+                .select_from(QueueMember)
+                .where(QueueMember.queue_id == m.queue_id)
+            )
+            == 1
+        ]
+        if last:
+            keys = _keys(session, last)
+            raise AccessError(
+                f"{address} is the last provider of {', '.join(keys)}: without one the queue "
+                "is open to every provider. Add another provider first, or add --reopen to "
+                "open it"
+            )
     for m in members:
         session.delete(m)
     session.flush()
@@ -247,10 +274,18 @@ def sync_config(session: Session, settings: Any) -> None:
                 session.add(QueueMember(queue_id=key[0], person_id=key[1], source="config"))
             elif member.source != "config":
                 member.source = "config"
+    before = set(session.scalars(select(QueueMember.queue_id).distinct()))
     for member in session.scalars(select(QueueMember).where(QueueMember.source == "config")):
         if (member.queue_id, member.person_id) not in wanted:
             session.delete(member)
     session.flush()
+    opened = before - set(session.scalars(select(QueueMember.queue_id).distinct()))
+    for queue_key in _keys(session, sorted(opened)):
+        log.warning(
+            "queue %s has no providers any more (the config lists none): every provider "
+            "sees it now",
+            queue_key,
+        )
 
 
 def providers(session: Session) -> list[ProviderView]:

@@ -60,7 +60,7 @@ def cmd_providers_remove(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     try:
         with ws.db.write() as s:
-            removed = access.remove(s, args.address, args.queue or None)
+            removed = access.remove(s, args.address, args.queue or None, reopen=args.reopen)
     except access.AccessError as exc:
         raise UserError(str(exc), EXIT_USAGE) from None
     finally:
@@ -172,6 +172,9 @@ def add_commands(sub: Any) -> None:
     c = psub.add_parser("remove", help="take ADDRESS off queues (all by default)")
     c.add_argument("address", metavar="ADDRESS")
     c.add_argument("--queue", action="append", metavar="Q", help="only this queue (repeatable)")
+    c.add_argument(
+        "--reopen", action="store_true", help="allow taking the last provider off a queue"
+    )
     c.set_defaults(func=cmd_providers_remove)
     c = psub.add_parser(
         "roles", help="PostgreSQL: create the providers' login roles and grant table access"

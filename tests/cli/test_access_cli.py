@@ -46,6 +46,10 @@ def test_members_narrow_what_a_provider_sees_and_views_are_audited(tmp_path: Pat
 
     removed = run(env, "providers", "remove", "dana@corp.example")
     assert removed.returncode == 0 and "removed from 1 queue" in removed.stdout
+    assert_user_error(
+        run(env, "providers", "remove", "alex.provider@corp.example"), 2, "last provider of hr"
+    )  # hr would open to everyone: not by mistake
+    assert run(env, "providers", "remove", "alex.provider@corp.example", "--reopen").returncode == 0
     assert_user_error(run(env, "providers", "add", "x@corp.example", "--queue", "nope"), 2,
                       "no queue nope")  # fmt: skip
     assert_user_error(run(env, "providers", "roles"), 2, "PostgreSQL")

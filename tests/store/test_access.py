@@ -115,8 +115,10 @@ def test_members_decide_who_sees_a_queue(seeded: Workspace) -> None:
         assert queues_of(ws, access.visible_queue_ids(s, erin)) == {"fac"}
         assert access.visible_queue_ids(s, None) is None  # no "me": an administrator
         assert access.scope_for(s, "stranger@corp.example") == []
+    with ws.db.write() as s, pytest.raises(access.AccessError, match="last provider of fac"):
+        access.remove(s, "erin@corp.example")
     with ws.db.write() as s:
-        assert access.remove(s, "erin@corp.example") == 1
+        assert access.remove(s, "erin@corp.example", reopen=True) == 1
     with ws.db.session() as s:  # facilities has no members again: open to all
         assert queues_of(ws, access.visible_queue_ids(s, carol)) == {"it", "fac"}
     with ws.db.write() as s, pytest.raises(access.AccessError, match="by the config"):
@@ -324,3 +326,13 @@ def test_row_level_security_keeps_a_provider_role_to_its_queues(pg_url: str) -> 
     finally:
         cws.close()
     ws.close()
+
+
+def test_a_queue_the_config_leaves_without_providers_is_announced(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_workspace(settings(db_url)).close()
+    unlisted = CONFIG.replace('providers = ["dave@corp.example"]', "")
+    with caplog.at_level("WARNING", logger="store.access"):
+        open_workspace(parse_settings(unlisted.format(url=db_url, me=""))).close()
+    assert "queue hr has no providers any more" in caplog.text
