@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -309,17 +310,37 @@ def providers(session: Session) -> list[ProviderView]:
     return list(out.values())
 
 
+_OWNERS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 def is_owner(session: Session) -> bool:
-    """Whether this connection owns deskq's tables (may migrate, rebuild, set up queues)."""
-    if session.get_bind().dialect.name != "postgresql":
+    """Whether this connection owns deskq's tables (may migrate, rebuild, set up queues).
+
+    Asked once per engine: a role does not change under a connection pool.
+    """
+    engine = session.get_bind().engine
+    if engine.dialect.name != "postgresql":
         return True
+    if engine not in _OWNERS:
+        _OWNERS[engine] = _owns_tables(session)
+    return _OWNERS[engine]
+
+
+def _owns_tables(session: Session) -> bool:
     owner = session.scalar(
         text(
             "SELECT tableowner FROM pg_tables WHERE tablename = 'tickets' "
             "AND schemaname = ANY(current_schemas(false))"
         )
     )
-    return owner is None or owner == session.scalar(text("SELECT current_user"))
+    if owner is None or owner == session.scalar(text("SELECT current_user")):
+        return True
+    # A superuser, or a role that bypasses row-level security, sees everything too.
+    return bool(
+        session.scalar(
+            text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        )
+    )
 
 
 def apply_roles(session: Session) -> list[str]:
@@ -353,6 +374,7 @@ def apply_roles(session: Session) -> list[str]:
         session.execute(text(f"GRANT {grant} TO {GROUP_ROLE}"))
     session.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {GROUP_ROLE}"))
     session.execute(text(f"GRANT EXECUTE ON FUNCTION deskq_visible_queues() TO {GROUP_ROLE}"))
+    session.execute(text(f"GRANT EXECUTE ON FUNCTION deskq_search(text) TO {GROUP_ROLE}"))
     done.append(f"granted {GROUP_ROLE} the use of deskq's tables in {database}")
     for person in session.scalars(
         select(Person).where(Person.db_role.is_not(None)).order_by(Person.address)

@@ -310,6 +310,12 @@ def test_row_level_security_keeps_a_provider_role_to_its_queues(pg_url: str) -> 
             == 0
         )
 
+    # Called by hand, the search function shows each role only its own queues' tickets.
+    for role, word, found in ((carol_role, "salary", 0), (dave_role, "salary", 1)):
+        with psycopg.connect(role_url(pg_url, role).replace("+psycopg", "")) as conn:
+            hits = conn.execute("SELECT deskq_search(%s)", (word,)).fetchall()
+        assert len(hits) == found, (role, word)
+
     # deskq itself, opened as the provider's role, works within those rows.
     as_carol = parse_settings(
         CONFIG.format(url=role_url(pg_url, carol_role), me="carol@corp.example")
@@ -319,6 +325,9 @@ def test_row_level_security_keeps_a_provider_role_to_its_queues(pg_url: str) -> 
         desk = Desk(cws)
         rows = desk.first_page(parse_query(""), 50)
         assert [r.ticket.subject for r in rows] == ["Printer jammed"]
+        # Search goes through deskq_search: indexed, and still only carol's queue.
+        assert desk.count(parse_query("printer")) == 1
+        assert desk.count(parse_query("salary")) == 0
         it_ticket = rows[0].ticket
         assert desk.apply("claim", [Target(it_ticket.id, it_ticket.version)]).done == [it_ticket.id]
         with cws.db.session() as s:
