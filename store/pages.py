@@ -237,11 +237,13 @@ def delete_view(session: Session, owner_id: int, name: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def category_choices(session: Session) -> list[str]:
-    """Categories already in use (at most 200), for suggestions."""
-    rows = session.scalars(
-        select(Ticket.category).where(Ticket.category.is_not(None)).distinct().limit(200)
-    )
+def category_choices(session: Session, queue_ids: Sequence[int] | None = None) -> list[str]:
+    """Categories already in use (at most 200), for suggestions; ``queue_ids``: only in
+    these queues (the viewer's, store.access)."""
+    stmt = select(Ticket.category).where(Ticket.category.is_not(None))
+    if queue_ids is not None:
+        stmt = stmt.where(Ticket.queue_id.in_(list(queue_ids)))
+    rows = session.scalars(stmt.distinct().limit(200))
     return sorted(c for c in rows if c)
 
 

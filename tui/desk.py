@@ -290,9 +290,9 @@ class Desk:
             return pages.provider_choices(s)
 
     def categories(self) -> list[str]:
-        """Categories in use."""
+        """Categories in use in my queues."""
         with self.ws.db.session() as s:
-            return pages.category_choices(s)
+            return pages.category_choices(s, self.scope)
 
     def views(self) -> list[tuple[str, str]]:
         """My saved views."""

@@ -156,6 +156,10 @@ def test_a_provider_sees_and_acts_on_their_queues_only(seeded: Workspace) -> Non
     assert {r.ticket.queue for r in carol.first_page(everything, 50)} == {"it", "fac"}
     assert {r.ticket.queue for r in dave.first_page(everything, 50)} == {"it", "hr", "fac"}
     assert carol.count(parse_query("salary")) == 0 and dave.count(parse_query("salary")) == 1
+    with ws.db.write() as s:  # a category only HR uses is not suggested to carol
+        hr_row = s.scalars(select(Ticket).where(Ticket.subject == "My salary")).one()
+        hr_row.category = "payroll"
+    assert "payroll" not in carol.categories() and "payroll" in dave.categories()
     with ws.db.session() as s:
         hr_ticket = s.scalar(
             select(Ticket.id).join(Ticket.queue).where(Ticket.subject == "My salary")
