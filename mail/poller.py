@@ -109,14 +109,14 @@ class MailboxWorker(threading.Thread):
         stop: threading.Event,
         progress: Progress | None = None,
         *,
-        heartbeat: Heartbeat | None = None,
         holder: str | None = None,
     ) -> None:
         super().__init__(name=f"mailbox-{mailbox.name}", daemon=True)
         self.mailbox, self.ws, self.stop = mailbox, ws, stop
         self.progress = progress
-        self.own_heartbeat = heartbeat is None  # a worker on its own renews its own lease
-        self.heartbeat = heartbeat or Heartbeat(ws.db)
+        # Each worker renews its own lease in its own thread: a renewal that waits on the
+        # database for one mailbox does not let the others' leases run out.
+        self.heartbeat = Heartbeat(ws.db)
         self.holder = holder or leases.holder_name()
         self.status = MailboxStatus(mailbox.name)
         self.ingestor = Ingestor(ws.settings, ws.db)
@@ -133,13 +133,11 @@ class MailboxWorker(threading.Thread):
         return self.stop.is_set() or lease is None or lease.lost.is_set()
 
     def run(self) -> None:
-        if self.own_heartbeat:
-            self.heartbeat.start()
+        self.heartbeat.start()
         try:
             self._run()
         finally:
-            if self.own_heartbeat:
-                self.heartbeat.stop()
+            self.heartbeat.stop()
 
     def _run(self) -> None:
         backoff = Backoff()
@@ -222,14 +220,7 @@ class MailboxWorker(threading.Thread):
     def _let_go(self, *, release: bool) -> None:
         lease, self.lease = self.lease, None
         self.ingestor.lease = None
-        if lease is None:
-            return
-        self.heartbeat.drop(lease)
-        if release and not lease.lost.is_set():
-            try:
-                leases.release(self.ws.db, lease)
-            except Exception:  # it runs out by itself
-                log.debug("releasing the lease of %s failed", self.mailbox.name, exc_info=True)
+        _let_go(self.ws, self.heartbeat, lease, release=release)
 
     def _failed(self, exc: Exception, backoff: Backoff) -> None:
         self.status.failures += 1
@@ -253,12 +244,28 @@ class MailboxWorker(threading.Thread):
             self.source.wait(self.halted)  # type: ignore[attr-defined]
 
     def _close(self) -> None:
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            try:
-                close()
-            except OSError:
-                log.debug("closing mailbox %s failed", self.mailbox.name, exc_info=True)
+        _close_source(self.source, self.mailbox.name)
+
+
+def _close_source(source: object, name: str) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        try:
+            close()
+        except OSError:
+            log.debug("closing mailbox %s failed", name, exc_info=True)
+
+
+def _let_go(ws: Workspace, heartbeat: Heartbeat, lease: Lease | None, *, release: bool) -> None:
+    """Stop renewing ``lease``; with ``release``, give it up for a standby to take now."""
+    if lease is None:
+        return
+    heartbeat.drop(lease)
+    if release and not lease.lost.is_set():
+        try:
+            leases.release(ws.db, lease)
+        except Exception:  # it runs out by itself
+            log.debug("releasing the lease of %s failed", lease.name, exc_info=True)
 
 
 def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxStatus]:
@@ -296,20 +303,9 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
             status.last_error = f"{type(exc).__name__}: {exc}"
             log.debug("mailbox %s failure", mailbox.name, exc_info=True)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except OSError:
-                    log.debug("closing mailbox %s failed", mailbox.name, exc_info=True)
+            _close_source(source, mailbox.name)
             heartbeat.stop()
-            if lease is not None:
-                heartbeat.drop(lease)
-                if not lease.lost.is_set():
-                    try:
-                        leases.release(ws.db, lease)
-                    except Exception:  # it runs out by itself
-                        log.debug("releasing %s failed", mailbox.name, exc_info=True)
+            _let_go(ws, heartbeat, lease, release=True)
 
     threads = [
         threading.Thread(target=one, args=(m,), name=f"once-{m.name}", daemon=True)
@@ -337,8 +333,6 @@ def _lease_within(
 def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None = None) -> None:
     """Poll every mailbox until ``stop`` is set (those whose lease this process gets)."""
     holder = leases.holder_name()
-    # Each worker renews its own lease (its own heartbeat thread): a renewal that waits
-    # on the database for one mailbox does not let the others' leases run out.
     workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
     for w in workers:
         w.start()

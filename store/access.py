@@ -19,6 +19,7 @@ import hashlib
 import logging
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -119,6 +120,12 @@ def scope_for(session: Session, me: str) -> list[int] | None:
         return None
     person_id = session.scalar(select(Person.id).where(Person.address == address))
     return visible_queue_ids(session, person_id if person_id is not None else -1)
+
+
+def in_scope(session: Session, scope: Sequence[int] | None, ticket_id: int) -> bool:
+    """Whether ticket ``ticket_id`` exists in one of the queues ``scope`` (None: any)."""
+    queue_id = session.scalar(select(Ticket.queue_id).where(Ticket.id == ticket_id))
+    return queue_id is not None and (scope is None or queue_id in scope)
 
 
 VIEW_WINDOW = timedelta(minutes=10)

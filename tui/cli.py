@@ -267,7 +267,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from store import access
-    from store.models import Person, Ticket
+    from store.models import Person
     from store.views import ticket_detail
     from tui.output import print_detail
 
@@ -275,8 +275,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         with ws.db.session() as session:
             scope = access.scope_for(session, ws.settings.me)
-            queue_id = session.scalar(select(Ticket.queue_id).where(Ticket.id == args.id))
-            visible = scope is None or queue_id in scope
+            visible = access.in_scope(session, scope, args.id)
             detail = ticket_detail(session, args.id) if visible else None
         if detail is None:
             raise UserError(f"there is no ticket #{args.id} in your queues")

@@ -141,18 +141,8 @@ class Desk:
             return query
         return dataclasses.replace(query, queue_ids=self.scope)
 
-    def may_see(self, ticket_id: int) -> bool:
-        """Whether ticket ``ticket_id`` exists in one of my queues."""
-        with self.ws.db.session() as s:
-            return self._visible(s, ticket_id)
-
     def _visible(self, s: Session, ticket_id: int) -> bool:
-        from sqlalchemy import select
-
-        from store.models import Ticket
-
-        queue_id = s.scalar(select(Ticket.queue_id).where(Ticket.id == ticket_id))
-        return queue_id is not None and (self.scope is None or queue_id in self.scope)
+        return access.in_scope(s, self.scope, ticket_id)
 
     # ------------------------------------------------------------------ reading
 

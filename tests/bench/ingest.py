@@ -93,15 +93,11 @@ def plain_fetch(dovecot: Dovecot, user: str, password: str) -> float:
         return len(uids) / (time.perf_counter() - started)
 
 
-def write_config(root: Path, dovecot: Dovecot, user: str) -> Path:
-    config = root / "config.toml"
-    config.write_text(
-        f"""
-me = "bench@corp.example"
-[database]
-url = "sqlite:///{root / "deskq.db"}"
+def mailbox_toml(dovecot: Dovecot, user: str, name: str) -> str:
+    """The ``[[mailbox]]`` of a benchmark account (password in BENCH_IMAP_PASSWORD)."""
+    return f"""
 [[mailbox]]
-name = "bench"
+name = "{name}"
 source = "imap"
 host = "127.0.0.1"
 port = {dovecot.imap_port}
@@ -110,9 +106,20 @@ username = "{user}"
 password_env = "BENCH_IMAP_PASSWORD"
 after = "seen"
 default_queue = "it"
+"""
+
+
+def write_config(root: Path, dovecot: Dovecot, user: str) -> Path:
+    config = root / "config.toml"
+    config.write_text(
+        f"""
+me = "bench@corp.example"
+[database]
+url = "sqlite:///{root / "deskq.db"}"
 [ingest]
 batch_size = 500
 """
+        + mailbox_toml(dovecot, user, "bench")
         + QUEUES,
         encoding="utf-8",
     )

@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.ingest import DESKQ, QUEUES, corpus, seed_folder
+from tests.bench.ingest import DESKQ, QUEUES, corpus, mailbox_toml, seed_folder
 from tests.servers import (
     Dovecot,
     PostgresCluster,
@@ -70,18 +70,7 @@ NEXT_STATUS = {
 def config_text(url: str, dovecot: Dovecot | None, user: str = "", me: str = "") -> str:
     text = f'me = "{me}"\n[database]\nurl = "{url}"\n[ingest]\nbatch_size = 200\n'
     if dovecot is not None:
-        text += f"""
-[[mailbox]]
-name = "team"
-source = "imap"
-host = "127.0.0.1"
-port = {dovecot.imap_port}
-security = "none"
-username = "{user}"
-password_env = "BENCH_IMAP_PASSWORD"
-after = "seen"
-default_queue = "it"
-"""
+        text += mailbox_toml(dovecot, user, "team")
     return text + QUEUES
 
 
