@@ -18,7 +18,7 @@ from datetime import datetime
 from email.utils import formataddr, getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
@@ -539,31 +539,37 @@ class Batch:
                     },
                 )
             )
-        for part in _chunks(rows, 100):
-            ids = (
-                self.conn.execute(
-                    insert(TICKETS).returning(TICKETS.c.id, sort_by_parameter_order=True),
-                    [r for _, r in part],
-                )
-                .scalars()
-                .all()
-            )
-            for (state, _), tid in zip(part, ids, strict=True):
-                state.id = tid
-                self.tickets[tid] = state
+        ids = self._insert_with_ids(TICKETS, [r for _, r in rows])
+        for (state, _), tid in zip(rows, ids, strict=True):
+            state.id = tid
+            self.tickets[tid] = state
 
     def _insert_messages(self) -> None:
-        for part in _chunks(self.deliveries, 100):
-            rows = [{**d.message_row, "ticket_id": d.ticket.id} for d in part]
-            ids = (
-                self.conn.execute(
-                    insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows
-                )
-                .scalars()
-                .all()
+        rows = [{**d.message_row, "ticket_id": d.ticket.id} for d in self.deliveries]
+        ids = self._insert_with_ids(MESSAGES, rows)
+        for d, mid in zip(self.deliveries, ids, strict=True):
+            d.message_id = mid
+
+    def _insert_with_ids(self, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+        """INSERT ``rows``; their new ids, in order."""
+        if not rows:
+            return []
+        if self.conn.dialect.name == "sqlite":
+            # SQLAlchemy can only match RETURNING rows to parameters on SQLite by sending
+            # one statement per row. The ids are chosen here instead, as SQLite would
+            # choose them (max + 1, ...): this transaction holds the database's only
+            # write lock, so no one else can take them meanwhile.
+            start = self.conn.execute(select(func.max(table.c.id))).scalar() or 0
+            ids = list(range(start + 1, start + 1 + len(rows)))
+            self.conn.execute(
+                insert(table), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
             )
-            for d, mid in zip(part, ids, strict=True):
-                d.message_id = mid
+            return ids
+        ids = []
+        for part in _chunks(rows, 100):
+            stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+            ids += self.conn.execute(stmt, part).scalars().all()
+        return ids
 
     def _insert_events_and_links(self) -> None:
         events: list[dict[str, Any]] = []
