@@ -25,6 +25,7 @@ from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
 from mail.parse import one_line
 from store import clocks
+from store.bulk import insert_rows
 from store.models import (
     Attachment,
     Blob,
@@ -43,7 +44,8 @@ from store.models import (
 )
 
 if TYPE_CHECKING:
-    from mail.ingest import Ingestor, Outcome, Prepared
+    from mail.ingest import Ingestor, Outcome
+    from mail.prepare import Prepared
 
 UNKNOWN_SENDER = "unknown-sender@deskq.invalid"
 TICKETS = cast(Table, Ticket.__table__)
@@ -494,11 +496,11 @@ class Batch:
         inserted: dict[str, int] = {}
         if not rows:
             return inserted
-        stmt = _insert_skipping(self.session, RawSource, "identity").returning(
-            RawSource.identity, RawSource.id
+        stmt = _insert_skipping(self.session, RAWS, "identity").returning(
+            RAWS.c.identity, RAWS.c.id
         )
         for part in _chunks(rows, 100):
-            for identity, raw_id in self.session.execute(stmt, part):
+            for identity, raw_id in self.conn.execute(stmt, part):
                 inserted[identity] = raw_id
         return inserted
 
@@ -561,9 +563,7 @@ class Batch:
             # write lock, so no one else can take them meanwhile.
             start = self.conn.execute(select(func.max(table.c.id))).scalar() or 0
             ids = list(range(start + 1, start + 1 + len(rows)))
-            self.conn.execute(
-                insert(table), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)]
-            )
+            insert_rows(self.conn, table, [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
             return ids
         ids = []
         for part in _chunks(rows, 100):
@@ -630,8 +630,7 @@ class Batch:
                     }
                 )
         self.touched = {e["ticket_id"] for e in events}
-        for part in _chunks(events):
-            self.conn.execute(insert(EVENTS), part)
+        insert_rows(self.conn, EVENTS, events)
         if links:
             _insert_ignore_pairs(self.session, links)
 
@@ -685,8 +684,7 @@ class Batch:
                 )
             }
         fresh = [r for k, r in unique.items() if k not in existing]
-        if fresh:
-            self.conn.execute(insert(FLAGS), fresh)
+        insert_rows(self.conn, FLAGS, fresh)
 
     def _insert_attachments(self) -> None:
         blobs: dict[str, dict[str, Any]] = {}
@@ -721,8 +719,7 @@ class Batch:
         for blob in fresh:
             blob["data"] = zlib.compress(blob["data"], 6)
         _insert_ignore(self.session, Blob, fresh, "sha256")
-        for chunk in _chunks(rows):
-            self.conn.execute(insert(ATTACHMENTS), chunk)
+        insert_rows(self.conn, ATTACHMENTS, rows)
 
     def _auto_acks(self) -> None:
         for d in self.deliveries:
@@ -741,5 +738,4 @@ def _insert_ignore_pairs(session: Session, rows: list[dict[str, Any]]) -> None:
         )
     }
     fresh = [r for k, r in wanted.items() if k not in have]
-    if fresh:
-        session.connection().execute(insert(LINKS), fresh)
+    insert_rows(session.connection(), LINKS, fresh)

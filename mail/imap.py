@@ -21,8 +21,9 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 
-from mail.ingest import Incoming, Ingestor, Outcome
+from mail.ingest import Ingestor, Outcome
 from mail.pipeline import prepared_batches
+from mail.prepare import Incoming
 from store.config import MailboxSettings, Settings
 from store.models import MailboxState, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command

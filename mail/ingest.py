@@ -10,10 +10,8 @@ flagged ``parse-error`` (raw source kept) instead of stopping the batch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from mail.batch import Batch, SetupError
 from mail.loops import automatic_reasons, is_bounce
-from mail.parse import ParsedMessage, clean_text, content_identity, parse
+from mail.parse import ParsedMessage, clean_text
+from mail.prepare import Incoming, Prepared
 from store import outbox
 from store.config import Settings
 from store.db import Database
@@ -49,32 +48,6 @@ NOT_THE_MAIL = (
 )
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One raw email from a source, with where it came from."""
-
-    raw: bytes
-    mailbox: str
-    folder: str = ""
-    uidvalidity: int | None = None
-    uid: int | None = None
-    # When the mail reached the mailbox (IMAP INTERNALDATE, Maildir delivery time);
-    # ticket clocks start here, not when deskq happened to poll.
-    received_at: datetime | None = None
-
-
-@dataclass
-class Prepared:
-    """An email parsed and hashed, ready to store (made outside the transaction)."""
-
-    item: Incoming
-    parsed: ParsedMessage
-    identity: str
-    sha256: str
-    compressed: bytes
-    too_large: bool = False
-
-
 @dataclass
 class Outcome:
     """What became of one email."""
@@ -83,31 +56,6 @@ class Outcome:
     disposition: str
     tickets: tuple[int, ...] = ()
     detail: str = ""
-
-
-def prepare(item: Incoming, max_bytes: int) -> Prepared:
-    """Parse, hash and compress one email; never raises. Safe to run in worker processes."""
-    raw = item.raw
-    too_large = len(raw) > max_bytes
-    if too_large:
-        parsed = parse(_head_only(raw))
-        parsed.text, parsed.html, parsed.attachments = "", None, []
-    else:
-        parsed = parse(raw)
-    return Prepared(
-        item=item,
-        parsed=parsed,
-        identity=content_identity(raw, parsed.message_id),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        compressed=zlib.compress(raw, 6),
-        too_large=too_large,
-    )
-
-
-def _head_only(raw: bytes) -> bytes:
-    end = raw.find(b"\r\n\r\n")
-    end = raw.find(b"\n\n") if end < 0 else end
-    return raw[: end if end >= 0 else 65536][:65536] + b"\r\n\r\n"
 
 
 class Ingestor:

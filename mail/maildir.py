@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mail.ingest import Incoming, Ingestor, Outcome
+from mail.ingest import Ingestor, Outcome
 from mail.pipeline import prepared_batches
+from mail.prepare import Incoming
 from store.config import MailboxSettings, Settings
 from store.models import MailboxState
 

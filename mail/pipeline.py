@@ -9,6 +9,7 @@ where a round trip to the worker would only add latency.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import multiprocessing
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from mail.ingest import Incoming, Prepared, prepare
+from mail.prepare import Incoming, Prepared, prepare
 
 log = logging.getLogger(__name__)
 # Below this many messages a batch is parsed in-process.
@@ -51,8 +52,40 @@ def _get_pool() -> ProcessPoolExecutor | None:
         return _pool
 
 
+def warm() -> None:
+    """Start the parse worker now: it is ready, imports done, when the first batch comes.
+
+    Called when a poller starts; without it the first large batch waits for the
+    worker to start (a third of a second, a tenth of a 10,000-message import).
+    """
+    pool = _get_pool()
+    if pool is None:
+        return
+    try:
+        pool.submit(_ready)
+    except (BrokenProcessPool, RuntimeError):
+        _shutdown()
+
+
+def _ready() -> None:
+    """Nothing: the worker's first task, which makes it start."""
+
+
+def quiet_gc() -> None:
+    """Fewer, cheaper garbage collections for a process that ingests mail.
+
+    Parsing and storing make many short-lived objects and few cycles: with the
+    default thresholds a full collection, which walks every module and mapping
+    loaded at start, ran every few batches (7 % of a 10,000-message import).
+    Objects alive now are frozen out of collections; the young generation is larger.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _watch_parent(parent: int) -> None:
     """In a worker: exit when the parent is gone (even SIGKILLed), never linger."""
+    quiet_gc()
 
     def watch() -> None:
         while True:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mail import pipeline
 from mail.ingest import Ingestor, Outcome
 from store import leases
 from store.config import MailboxSettings
@@ -274,6 +275,8 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
     A mailbox another poller works is left to it (``status.skipped``), after waiting
     up to one lease time in case that poller is dead.
     """
+    pipeline.warm()
+    pipeline.quiet_gc()
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
     holder = leases.holder_name()
@@ -332,6 +335,8 @@ def _lease_within(
 
 def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None = None) -> None:
     """Poll every mailbox until ``stop`` is set (those whose lease this process gets)."""
+    pipeline.warm()
+    pipeline.quiet_gc()
     holder = leases.holder_name()
     workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
     for w in workers:

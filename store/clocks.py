@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Text, bindparam, event, func, insert, select, type_coerce, update
+from sqlalchemy import Table, Text, bindparam, event, func, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.bulk import insert_rows
 from store.calendar import Calendar
 from store.models import Event, Meta, Queue, Ticket, TicketClock
 from store.sla import Clocks, Policy, Report
@@ -192,8 +193,7 @@ def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
             inserts.append(row | {"ticket_id": t.id})
         else:
             updates.append(row | {"tid": t.id})
-    if inserts:
-        conn.execute(insert(CLOCKS), inserts)
+    insert_rows(conn, CLOCKS, inserts)
     if updates:
         values: dict[str, Any] = {k: bindparam(k) for k in updates[0] if k != "tid"}
         conn.execute(

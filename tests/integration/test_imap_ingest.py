@@ -1049,7 +1049,7 @@ def test_sigkilled_deskq_poll_stores_everything_exactly_once(
 
 POOL_USER = """
 import time
-from mail.ingest import Incoming
+from mail.prepare import Incoming
 from mail.pipeline import prepared_batches
 
 raw = b"From: a@corp.example\\r\\nSubject: x\\r\\nMessage-ID: <x@corp.example>\\r\\n\\r\\nhi\\r\\n"

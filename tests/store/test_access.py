@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from sqlalchemy import func, select, text
 
-from mail.ingest import Incoming, Ingestor, prepare
+from mail.ingest import Ingestor
+from mail.prepare import Incoming, prepare
 from store import access, report
 from store.config import Settings, parse_settings
 from store.models import Event, Person, Ticket

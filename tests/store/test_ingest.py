@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from mail import ingest
+from mail import prepare as preparing
 from mail.ingest import Ingestor, Outcome
 from mail.maildir import MaildirSource
 from mail.parse import ParsedMessage, parse
@@ -844,12 +844,12 @@ def test_oversize_mail_keeps_its_raw_source(make_desk: Callable[..., Desk], db_u
 
 
 def _fake_parse(monkeypatch: pytest.MonkeyPatch, marker: bytes, make: Callable[[], Any]) -> None:
-    real = ingest.parse
+    real = preparing.parse
 
     def fake(raw: bytes) -> ParsedMessage:
         return make() if marker in raw else real(raw)
 
-    monkeypatch.setattr(ingest, "parse", fake)
+    monkeypatch.setattr(preparing, "parse", fake)
 
 
 def test_unparseable_mail_becomes_a_parse_error_ticket(

@@ -1,0 +1,65 @@
+"""One email parsed, hashed and compressed, ready to store: the work done outside the transaction.
+
+Light on purpose (no database code): parse workers import this module and nothing
+heavier, so a worker process is ready a fraction of a second after it is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from mail.parse import ParsedMessage, content_identity, parse
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One raw email from a source, with where it came from."""
+
+    raw: bytes
+    mailbox: str
+    folder: str = ""
+    uidvalidity: int | None = None
+    uid: int | None = None
+    # When the mail reached the mailbox (IMAP INTERNALDATE, Maildir delivery time);
+    # ticket clocks start here, not when deskq happened to poll.
+    received_at: datetime | None = None
+
+
+@dataclass
+class Prepared:
+    """An email parsed and hashed, ready to store (made outside the transaction)."""
+
+    item: Incoming
+    parsed: ParsedMessage
+    identity: str
+    sha256: str
+    compressed: bytes
+    too_large: bool = False
+
+
+def prepare(item: Incoming, max_bytes: int) -> Prepared:
+    """Parse, hash and compress one email; never raises. Safe to run in worker processes."""
+    raw = item.raw
+    too_large = len(raw) > max_bytes
+    if too_large:
+        parsed = parse(_head_only(raw))
+        parsed.text, parsed.html, parsed.attachments = "", None, []
+    else:
+        parsed = parse(raw)
+    return Prepared(
+        item=item,
+        parsed=parsed,
+        identity=content_identity(raw, parsed.message_id),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        compressed=zlib.compress(raw, 6),
+        too_large=too_large,
+    )
+
+
+def _head_only(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    return raw[: end if end >= 0 else 65536][:65536] + b"\r\n\r\n"
