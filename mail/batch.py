@@ -496,6 +496,12 @@ class Batch:
         inserted: dict[str, int] = {}
         if not rows:
             return inserted
+        if self.conn.dialect.name == "sqlite":
+            # Under SQLite's write lock, _dedupe has seen every stored identity: all of
+            # these are new. (Were one not, the INSERT fails and the batch is retried
+            # email by email, where _dedupe finds it.)
+            ids = self._insert_with_ids(RAWS, rows)
+            return {row["identity"]: rid for row, rid in zip(rows, ids, strict=True)}
         stmt = _insert_skipping(self.session, RAWS, "identity").returning(
             RAWS.c.identity, RAWS.c.id
         )

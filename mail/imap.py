@@ -208,14 +208,12 @@ class ImapSource:
     def _fetch(self, client: IMAPClient, chunk: list[int]) -> list[Incoming]:
         """FETCH the messages (BODY.PEEK[]: reading marks nothing), in UID order.
 
-        Goes through imapclient's imaplib connection: imapclient's response parser
-        costs four times the whole FETCH, and only two fields are needed here.
+        Reads the response itself (:func:`uid_fetch`): imapclient's parser costs four
+        times the whole FETCH, imaplib's twice, and only two fields are needed here.
         """
-        typ, data = client._imap.uid(
-            "FETCH", ",".join(map(str, chunk)), "(UID INTERNALDATE BODY.PEEK[])"
+        data = uid_fetch(
+            client, ",".join(map(str, chunk)), "(UID INTERNALDATE BODY.PEEK[])", self.mailbox.name
         )
-        if typ != "OK":
-            raise ImapError(f"mailbox {self.mailbox.name!r}: FETCH failed: {data!r}"[:300])
         found: dict[int, tuple[bytes, datetime | None]] = {}
         pending: tuple[bytes, bytes] | None = None  # (text around the body, body)
         for part in [*data, b""]:
@@ -359,6 +357,51 @@ def _buffered_lines(client: IMAPClient) -> list[bytes]:
     return lines
 
 
+def uid_fetch(client: IMAPClient, uids: str, items: str, name: str) -> list[Any]:
+    """``imaplib.IMAP4.uid("FETCH", uids, items)``'s data, read with less machinery.
+
+    imaplib matches several regular expressions against every line and files every
+    response by type; for a FETCH of thousands of messages that is most of the
+    client's time (0.42 of 0.48 s for 10,000 messages, against 0.02 s here). This
+    sends the command on imaplib's connection and reads lines and literals with
+    imaplib's own ``_get_line`` and ``read`` (same EOF, line length and timeout
+    rules). As imaplib does, it returns the untagged FETCH responses: a tuple
+    (text, literal) per literal, then the text after it; other responses (EXISTS,
+    EXPUNGE, RECENT) are dropped, the next SEARCH sees their effect. A NO or BAD
+    raises :class:`ImapError`, a BYE imapclient's abort error.
+    """
+    imap = client._imap
+    tag = imap._new_tag()
+    imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids.encode("ascii"), items.encode("ascii")))
+    data: list[Any] = []
+    try:
+        while True:
+            line = imap._get_line()
+            if line.startswith(tag + b" "):
+                status = line[len(tag) + 1 :].split(b" ", 1)[0].upper()
+                if status != b"OK":
+                    raise ImapError(f"mailbox {name!r}: FETCH failed: {line!r}"[:300])
+                return data
+            if line[:5].upper() == b"* BYE":
+                raise IMAPClientAbortError(f"server closed the connection: {line!r}"[:300])
+            wanted = _UNTAGGED_FETCH.match(line) is not None
+            text = line[2:] if line.startswith(b"* ") else line
+            while text.endswith(b"}") and (literal := _LITERAL.search(text)) is not None:
+                size = int(literal.group(1))
+                body = imap.read(size)
+                if len(body) != size:
+                    raise IMAPClientAbortError(f"connection closed in a {size}-byte literal")
+                if wanted:
+                    data.append((text, body))
+                text = imap._get_line()  # the response goes on after the literal
+            if wanted:
+                data.append(text)
+    finally:
+        imap.tagged_commands.pop(tag, None)
+
+
+_UNTAGGED_FETCH = re.compile(rb"\* \d+ FETCH\b", re.IGNORECASE)
+_LITERAL = re.compile(rb"\{(\d+)\}$")
 _UID = re.compile(rb"\bUID (\d+)")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 

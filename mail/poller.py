@@ -314,10 +314,11 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
         threading.Thread(target=one, args=(m,), name=f"once-{m.name}", daemon=True)
         for m in ws.settings.mailbox
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ws.db.background_checkpoints():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return [statuses[m.name] for m in ws.settings.mailbox]
 
 
@@ -347,11 +348,12 @@ def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None 
         ", ".join(m.name for m in ws.settings.mailbox),
         holder,
     )
-    while not stop.wait(1.0):
-        pass
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for w in workers:
-        w.join(timeout=max(deadline - time.monotonic(), 0))
+    with ws.db.background_checkpoints():
+        while not stop.wait(1.0):
+            pass
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for w in workers:
+            w.join(timeout=max(deadline - time.monotonic(), 0))
     stuck = [w.name for w in workers if w.is_alive()]
     if stuck:
         log.warning("stopping without waiting for %s (blocked in the network)", ", ".join(stuck))

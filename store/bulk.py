@@ -12,11 +12,14 @@ sends a batch per statement there. Tests compare rows written both ways.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
+
+from store.models import UTCDateTime
 
 Processor = Callable[[Any], Any] | None
 
@@ -58,15 +61,39 @@ def _plan(
         if default.is_sequence or default.is_clause_element:
             raise ValueError(f"{table.name}.{column.key}: default not computable here")
         value = default.arg
-        processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+        processor = _processor(column.type, dialect)
         defaults.append(_default(value, processor, default.is_callable))
         columns.append(column)
-    processors = tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
+    processors = tuple(_processor(c.type, dialect) for c in columns)
     preparer = dialect.identifier_preparer
     names = ", ".join(preparer.format_column(c) for c in columns)
     marks = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {preparer.format_table(table)} ({names}) VALUES ({marks})"
     return sql, processors[: len(keys)], tuple(defaults)
+
+
+def _processor(kind: Any, dialect: Dialect) -> Processor:
+    if isinstance(kind, UTCDateTime) and dialect.name == "sqlite":
+        impl = getattr(kind.dialect_impl(dialect), "impl_instance", None)
+        if getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
+            return _utc_text
+    processor: Processor = kind.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+# SQLAlchemy's text form of a SQLite DATETIME, which isoformat() gives ten times faster.
+_SQLITE_DATETIME = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    """UTCDateTime's bind processing followed by SQLite DATETIME's, in one step."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: deskq stores aware UTC times only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _default(value: Any, processor: Processor, is_callable: bool) -> Callable[[], Any]:

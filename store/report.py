@@ -31,7 +31,6 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
 from sqlalchemy import (
     BigInteger,
     Float,
@@ -174,6 +173,8 @@ def percentiles(values: Any) -> dict[str, float | None]:
 
     ``values``: any sequence of numbers (a NumPy array is partitioned in place).
     """
+    import numpy as np  # here, not at the top: every deskq command imports this module
+
     ms = np.asarray(values, dtype=np.float64)
     n = len(ms)
     if not n:
@@ -192,6 +193,8 @@ class _Group:
         self.arrays: list[Any] = []
 
     def finish(self) -> Figures:
+        import numpy as np
+
         self.arrays = [
             np.fromstring(",".join(p), sep=",") if p else np.empty(0)  # C speed, exact
             for p in self.pieces
@@ -370,6 +373,8 @@ def _total(groups: list[_Group]) -> Figures:
         f.resolution_met += x.resolution_met
         f.resolution_breached += x.resolution_breached
         f.ratings = [a + b for a, b in zip(f.ratings, x.ratings, strict=True)]
+    import numpy as np
+
     for i, name in enumerate(_DURATIONS):
         setattr(f, name, percentiles(np.concatenate([np.empty(0)] + [g.arrays[i] for g in groups])))
     return f

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from mail.imap import ImapSource, _internaldate
+import pytest
+from imapclient.exceptions import IMAPClientAbortError
+
+from mail.imap import ImapError, ImapSource, _internaldate
 from store.config import parse_settings
 
 CONFIG = (
@@ -16,30 +20,74 @@ CONFIG = (
 )
 
 
-def _source(data: list[Any]) -> tuple[ImapSource, Any]:
+class FakeImap:
+    """imaplib's connection as uid_fetch uses it, replaying a server's bytes."""
+
+    def __init__(self, response: bytes) -> None:
+        self.stream = io.BytesIO(response)
+        self.sent: list[bytes] = []
+        self.tagged_commands: dict[bytes, object] = {}
+
+    def _new_tag(self) -> bytes:
+        self.tagged_commands[b"A1"] = None
+        return b"A1"
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def _get_line(self) -> bytes:
+        line = self.stream.readline()
+        if not line.endswith(b"\r\n"):
+            raise IMAPClientAbortError("socket error: EOF")
+        return line[:-2]
+
+    def read(self, size: int) -> bytes:
+        return self.stream.read(size)
+
+
+def _source(response: bytes) -> tuple[ImapSource, Any]:
     settings = parse_settings(CONFIG)
     source = ImapSource(settings.mailbox[0], settings, ingestor=None)  # type: ignore[arg-type]
     source.uidvalidity = 7
-    client = SimpleNamespace(_imap=SimpleNamespace(uid=lambda *a: ("OK", data)))
-    return source, client
+    return source, SimpleNamespace(_imap=FakeImap(response))
 
 
 def test_uid_before_or_after_the_body_and_missing_messages() -> None:
-    data = [
-        (b'1 (UID 5 INTERNALDATE "24-Nov-2026 09:15:02 +0100" BODY[] {3}', b"one"),
-        b")",
-        (b'2 (INTERNALDATE "24-Nov-2026 10:00:00 +0000" BODY[] {3}', b"two"),
-        b" UID 6)",
-        b"3 (FLAGS (\\\\Seen))",  # an unsolicited update in between
-        (b"4 (BODY[] {5}", b"three"),
-        b' UID 8 INTERNALDATE "01-Jan-2026 00:00:00 -0500")',
-    ]
-    source, client = _source(data)
+    response = (
+        b'* 1 FETCH (UID 5 INTERNALDATE "24-Nov-2026 09:15:02 +0100" BODY[] {3}\r\none)\r\n'
+        b'* 2 FETCH (INTERNALDATE "24-Nov-2026 10:00:00 +0000" BODY[] {3}\r\ntwo UID 6)\r\n'
+        b"* 3 FETCH (FLAGS (\\Seen))\r\n"  # an unsolicited update in between
+        b"* 9 EXISTS\r\n"  # new mail announced: the next SEARCH finds it
+        b"* 4 FETCH (BODY[] {7}\r\nth}\r\nee"  # a literal that looks like a line end
+        b' UID 8 INTERNALDATE "01-Jan-2026 00:00:00 -0500")\r\n'
+        b"A1 OK Fetch completed.\r\n"
+        b"* 10 EXISTS\r\n"  # after the end: left for the next command
+    )
+    source, client = _source(response)
     items = source._fetch(client, [5, 6, 7, 8])
-    assert [(i.uid, i.raw) for i in items] == [(5, b"one"), (6, b"two"), (8, b"three")]
+    assert [(i.uid, i.raw) for i in items] == [(5, b"one"), (6, b"two"), (8, b"th}\r\nee")]
     assert items[0].received_at == datetime(2026, 11, 24, 8, 15, 2, tzinfo=UTC)
     assert items[2].received_at == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
     assert all(i.uidvalidity == 7 and i.mailbox == "m" for i in items)
+    assert client._imap.sent == [b"A1 UID FETCH 5,6,7,8 (UID INTERNALDATE BODY.PEEK[])\r\n"]
+    assert client._imap.tagged_commands == {}
+    assert client._imap.stream.read() == b"* 10 EXISTS\r\n"
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (b"A1 NO [SERVERBUG] Internal error\r\n", ImapError),
+        (b"A1 BAD Error in IMAP command\r\n", ImapError),
+        (b"* BYE Shutting down\r\n", IMAPClientAbortError),
+        (b"* 1 FETCH (UID 5 BODY[] {10}\r\nshort", IMAPClientAbortError),  # cut off
+    ],
+)
+def test_failures_raise(response: bytes, error: type[Exception]) -> None:
+    source, client = _source(response)
+    with pytest.raises(error):
+        source._fetch(client, [5])
+    assert client._imap.tagged_commands == {}
 
 
 def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
