@@ -1,0 +1,66 @@
+"""Background WAL checkpoints: commits only append, a thread copies the log into the file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from store.db import Database
+
+CHUNK = os.urandom(1 << 20)  # incompressible, one MB
+
+
+def _autocheckpoint(db: Database) -> int:
+    with db.write() as s:
+        return int(s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
+
+
+def _write_mb(db: Database, count: int) -> None:
+    for _ in range(count):
+        with db.write() as s:
+            s.execute(text("INSERT INTO junk (data) VALUES (:d)"), {"d": CHUNK})
+
+
+def _wait_for(predicate: object, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_log_is_copied_by_the_thread_not_by_commits(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    db = Database.open(f"sqlite:///{path}")
+    with db.write() as s:
+        s.execute(text("CREATE TABLE junk (data BLOB)"))
+    start = path.stat().st_size
+    assert _autocheckpoint(db) == 1000
+    with db.background_checkpoints():
+        assert _autocheckpoint(db) == 0  # the committing connection leaves the log alone
+        _write_mb(db, 12)
+        # The thread copies the log into the database file by itself.
+        assert _wait_for(lambda: path.stat().st_size >= start + (12 << 20))
+    assert _autocheckpoint(db) == 1000  # back to SQLite's default afterwards
+    db.close()
+
+
+def test_without_the_thread_commits_checkpoint_as_usual(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    db = Database.open(f"sqlite:///{path}")
+    with db.write() as s:
+        s.execute(text("CREATE TABLE junk (data BLOB)"))
+    _write_mb(db, 6)  # past 1000 pages: a commit checkpoints
+    assert path.stat().st_size >= 4 << 20
+    db.close()
+
+
+def test_no_op_for_memory_databases() -> None:
+    db = Database.open("sqlite:///:memory:")
+    with db.background_checkpoints():
+        assert db._wal["autocheckpoint"] == 1000
+    db.close()
