@@ -14,7 +14,7 @@ import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import formataddr, getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
@@ -636,9 +636,39 @@ class Batch:
                     }
                 )
         self.touched = {e["ticket_id"] for e in events}
-        insert_rows(self.conn, EVENTS, events)
+        if self.conn.dialect.name == "sqlite":
+            ids = self._insert_with_ids(EVENTS, events)
+            self._clocks_of_new_tickets(events, ids)
+        else:
+            insert_rows(self.conn, EVENTS, events)
         if links:
             _insert_ignore_pairs(self.session, links)
+
+    def _clocks_of_new_tickets(self, events: list[dict[str, Any]], ids: list[int]) -> None:
+        """Clock rows of the tickets this batch created, from the events just written."""
+        created = {s.id: s for s in self.new_tickets if s.id is not None}
+        logs: dict[int, list[tuple[int, datetime, str, dict[str, Any]]]] = {}
+        for event, eid in zip(events, ids, strict=True):
+            if event["ticket_id"] in created:
+                logs.setdefault(event["ticket_id"], []).append(
+                    (eid, event["at"].astimezone(UTC), event["kind"], event["data"])
+                )
+        queue_keys = {q.id: q.key for q in self.queues.values()}
+        clocks.add_new(
+            self.session,
+            [
+                clocks.NewTicket(
+                    tid,
+                    created[tid].queue_id,
+                    queue_keys[created[tid].queue_id],
+                    Priority.NORMAL,  # as _insert_tickets writes them
+                    Status.NEW,
+                    log,
+                )
+                for tid, log in logs.items()
+            ],
+        )
+        self.touched -= set(logs)  # their later events (an acknowledgement) still count
 
     def _update_joined(self) -> None:
         """One executemany per shape for every ticket this batch joined (rows locked)."""

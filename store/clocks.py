@@ -167,28 +167,19 @@ def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
     for t in tickets:
         old = have.get(t.id)
         last = old.last_event_id if old else 0
-        fresh = [e for e in logs[t.id] if e.id > last]
+        fresh = [(e.id, e.at, e.kind, _data(e.kind, e[4])) for e in logs[t.id] if e.id > last]
         if old is not None and not fresh:
             continue
-        clocks = Clocks.from_state(keeper.calendar, old.state) if old else Clocks(keeper.calendar)
-        rating = old.rating if old else None
-        for e in fresh:
-            data = _data(e.kind, e[4])
-            clocks.apply(e.at, e.kind, data)
-            if e.kind == "rating" and isinstance(data.get("rating"), int):
-                rating = data["rating"]
-        if clocks.created is None:
+        row = _row(
+            keeper,
+            Clocks.from_state(keeper.calendar, old.state) if old else Clocks(keeper.calendar),
+            old.rating if old else None,
+            fresh,
+            last,
+            t,
+        )
+        if row is None:
             continue  # no "created" event (yet): nothing to measure from
-        row = row_values(clocks, keeper.policy_for(t.key, t.priority.value))
-        row |= {
-            "last_event_id": fresh[-1].id if fresh else last,
-            "queue_id": t.queue_id,
-            "priority": t.priority.value,
-            "status": t.status.value,
-            "assignee_id": t.assignee_id,
-            "category": t.category,
-            "rating": rating,
-        }
         if old is None:
             inserts.append(row | {"ticket_id": t.id})
         else:
@@ -199,6 +190,73 @@ def _update(session: Session, keeper: Keeper, ids: list[int]) -> None:
         conn.execute(
             update(CLOCKS).where(CLOCKS.c.ticket_id == bindparam("tid")).values(values), updates
         )
+
+
+@dataclass
+class NewTicket:
+    """A ticket created in the current transaction, with every event it has so far."""
+
+    id: int
+    queue_id: int
+    key: str  # its queue's
+    priority: Any  # store.models.Priority
+    status: Any  # store.models.Status
+    events: list[tuple[int, datetime, str, dict[str, Any]]]  # (id, at, kind, data), in order
+    assignee_id: int | None = None
+    category: str | None = None
+
+
+def add_new(session: Session, tickets: Iterable[NewTicket], keeper: Keeper | None = None) -> None:
+    """The rows of tickets created in this transaction, from their events in memory.
+
+    What :func:`touch` would write for them, without reading back events just
+    written (bulk ingestion creates thousands of tickets per transaction). Events
+    added later in the transaction are applied by :func:`touch` as usual.
+    """
+    keeper = keeper or session.info.get("clocks")
+    if keeper is None:
+        return
+    rows = []
+    for t in tickets:
+        events = [
+            (eid, at, kind, data if kind in DATA_KINDS and isinstance(data, dict) else {})
+            for eid, at, kind, data in t.events
+        ]
+        row = _row(keeper, Clocks(keeper.calendar), None, events, 0, t)
+        if row is not None:
+            rows.append(row | {"ticket_id": t.id})
+    insert_rows(session.connection(), CLOCKS, rows)
+
+
+def _row(
+    keeper: Keeper,
+    clocks: Clocks,
+    rating: int | None,
+    fresh: list[tuple[int, datetime, str, dict[str, Any]]],
+    last: int,
+    t: Any,
+) -> dict[str, Any] | None:
+    """One ticket's row after applying ``fresh`` events (None: no "created" yet).
+
+    ``t``: the ticket's id, queue_id, key, priority, status, assignee_id, category.
+    """
+    for _, at, kind, data in fresh:
+        clocks.apply(at, kind, data)
+        if kind == "rating" and isinstance(data.get("rating"), int):
+            rating = data["rating"]
+    if clocks.created is None:
+        return None
+    row = row_values(clocks, keeper.policy_for(t.key, t.priority.value))
+    row |= {
+        "last_event_id": fresh[-1][0] if fresh else last,
+        "queue_id": t.queue_id,
+        "priority": t.priority.value,
+        "status": t.status.value,
+        "assignee_id": t.assignee_id,
+        "category": t.category,
+        "rating": rating,
+    }
+    return row
 
 
 def row_values(clocks: Clocks, policy: Policy) -> dict[str, Any]:
