@@ -155,7 +155,7 @@ def safe_filename(name: str, media_type: str, index: int) -> str:
 
 
 def decode_bytes(
-    data: bytes, declared: str | None, problems: list[str], what: str, hint: str | None = None
+    data: bytes, declared: str | None, problems: list[str], what: str, hint: Hint = None
 ) -> str:
     """Decode ``data``: the declared charset if it works, else UTF-8, else ``hint`` (a
     charset declared elsewhere in the same message), else a guess (see :func:`guess`)."""
@@ -172,6 +172,8 @@ def decode_bytes(
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    if isinstance(hint, CharsetHint):
+        hint = hint.value
     if hint and hint != declared:
         with contextlib.suppress(LookupError, UnicodeDecodeError):
             return data.decode(hint)
@@ -225,7 +227,7 @@ def has_8bit(value: str) -> bool:
     return not value.isascii() and _SURROGATES.search(value) is not None
 
 
-def decode_header_value(raw: str, hint: str | None = None) -> str:
+def decode_header_value(raw: str, hint: Hint = None) -> str:
     """A header value as text: RFC 2047 words decoded, undeclared 8-bit detected, unfolded.
 
     The parser reads headers raw (``policy.compat32``, ten times faster than
@@ -265,14 +267,14 @@ def _raw_headers(msg: Message) -> dict[str, list[str]]:
     return found
 
 
-def _header(headers: dict[str, list[str]], name: str, hint: str | None = None) -> str:
+def _header(headers: dict[str, list[str]], name: str, hint: Hint = None) -> str:
     """A header's first value, decoded ('' if absent)."""
     values = headers.get(name)
     return decode_header_value(values[0], hint) if values else ""
 
 
 def _addresses(
-    headers: dict[str, list[str]], name: str, hint: str | None = None
+    headers: dict[str, list[str]], name: str, hint: Hint = None
 ) -> tuple[tuple[str, str], ...]:
     out = []
     values = [v.replace("\r", " ").replace("\n", " ") for v in headers.get(name, [])]
@@ -290,7 +292,7 @@ def _addresses(
     return tuple(dict.fromkeys(out))
 
 
-def _payload_text(part: Message, problems: list[str], hint: str | None = None) -> str:
+def _payload_text(part: Message, problems: list[str], hint: Hint = None) -> str:
     try:
         data = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001
@@ -384,7 +386,7 @@ def _is_attachment(part: Message) -> bool:
     return disposition.split(";")[0].strip().lower() == "attachment" or bool(part.get_filename())
 
 
-def _bodies_and_attachments(msg: Message, p: ParsedMessage, hint: str | None) -> None:
+def _bodies_and_attachments(msg: Message, p: ParsedMessage, hint: Hint) -> None:
     leaves: list[Message] = []
     attached: list[Message] = []
     _walk(msg, leaves, attached)
@@ -511,6 +513,23 @@ def parse(raw: bytes) -> ParsedMessage:
     return p
 
 
+class CharsetHint:
+    """The charset :func:`_charset_hint` finds, looked up on first use only."""
+
+    def __init__(self, msg: Message) -> None:
+        self.msg: Message | None = msg
+        self._value: str | None = None
+
+    @property
+    def value(self) -> str | None:
+        if self.msg is not None:
+            self._value, self.msg = _charset_hint(self.msg), None
+        return self._value
+
+
+Hint = str | CharsetHint | None
+
+
 def _charset_hint(msg: Message) -> str | None:
     """A charset declared somewhere in the message: the best guess for its undeclared bytes."""
     for part in msg.walk():
@@ -526,7 +545,7 @@ def _fill(msg: Message, p: ParsedMessage) -> None:
     for defect in msg.defects:
         p.problems.append(f"defect: {type(defect).__name__}")
     h = _raw_headers(msg)
-    hint = _charset_hint(msg)
+    hint = CharsetHint(msg)  # walks the parts only if some text needs it
     p.message_id = normalise_message_id(_header(h, "message-id"))
     p.in_reply_to = message_ids(_header(h, "in-reply-to"))
     p.references = message_ids(_header(h, "references"))

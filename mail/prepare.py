@@ -54,7 +54,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
         parsed=parsed,
         identity=content_identity(raw, parsed.message_id),
         sha256=hashlib.sha256(raw).hexdigest(),
-        compressed=zlib.compress(raw, 6),
+        compressed=zlib.compress(raw, 1),
         too_large=too_large,
     )
 

@@ -226,6 +226,22 @@ def test_short_raw_8bit_subject_is_readable(subject: str, charset: str) -> None:
     assert p.subject == subject
 
 
+def test_undeclared_8bit_header_uses_a_charset_declared_elsewhere() -> None:
+    """Bytes that are no UTF-8 in a header are read in the charset the body declares."""
+    subject, name = "Принтер сломан", "Пётр Иванов"
+    p = parse(
+        eml(
+            b"Subject: " + subject.encode("iso-8859-5"),
+            b"From: " + name.encode("iso-8859-5") + b" <petr@corp.example>",
+            "Content-Type: text/plain; charset=iso-8859-5",
+            body="Добрый день".encode("iso-8859-5"),
+        )
+    )
+    assert (p.subject, p.from_name, p.text.strip()) == (subject, name, "Добрый день")
+    # Without a declared charset the same bytes are guessed (and come out differently).
+    assert parse(eml(b"Subject: " + subject.encode("iso-8859-5"))).subject != subject
+
+
 def test_rfc2047_subjects() -> None:
     b64 = base64.b64encode("Grüße 日本".encode()).decode()
     p = parse(eml(f"Subject: =?utf-8?B?{b64}?=\n =?iso-8859-1?Q?caf=E9_cr=E8me?= (fin)"))
