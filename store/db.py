@@ -101,6 +101,9 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> 
         if conn.info.get("wal_autocheckpoint") != wanted:  # per connection, kept by the pool
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wanted)}")
             conn.info["wal_autocheckpoint"] = wanted
+        if wal and wal.get("catch_up"):
+            wal["catch_up"] = False
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -141,7 +144,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._wal = {"autocheckpoint": 1000}
+        self._wal: dict[str, Any] = {"autocheckpoint": 1000, "catch_up": False}
         write_engine = (
             engine.execution_options(sqlite_begin="IMMEDIATE", deskq_wal=self._wal)
             if self.is_sqlite
@@ -227,7 +230,10 @@ class Database:
             return
         stop = threading.Event()
         thread = threading.Thread(
-            target=_checkpoint_loop, args=(path, stop), name="wal-checkpoint", daemon=True
+            target=_checkpoint_loop,
+            args=(path, stop, self._wal),
+            name="wal-checkpoint",
+            daemon=True,
         )
         self._wal["autocheckpoint"] = 0
         thread.start()
@@ -243,13 +249,15 @@ class Database:
         self.engine.dispose()
 
 
-CHECKPOINT_BYTES = 4 << 20
+CHECKPOINT_BYTES = 4 << 20  # a PASSIVE checkpoint once the log is this large
+RESTART_BYTES = 64 << 20  # the writer helps the log start over past this much
 
 
-def _checkpoint_loop(path: str, stop: threading.Event) -> None:
-    wal = Path(f"{path}-wal")
+def _checkpoint_loop(path: str, stop: threading.Event, wal: dict[str, Any]) -> None:
+    log_file = Path(f"{path}-wal")
     try:
         conn = sqlite3.connect(path, timeout=1.0, isolation_level=None, check_same_thread=False)
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     except sqlite3.Error:
         log.warning("background checkpoints unavailable for %s", path, exc_info=True)
         return
@@ -257,8 +265,13 @@ def _checkpoint_loop(path: str, stop: threading.Event) -> None:
         while True:
             stopping = stop.wait(0.1)
             try:
-                if stopping or wal.stat().st_size >= CHECKPOINT_BYTES:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if stopping or log_file.stat().st_size >= CHECKPOINT_BYTES:
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    # The log starts over only when a writer begins with all of it
+                    # copied, which a busy writer never finds: it would grow without
+                    # end. Past RESTART_BYTES the next writer copies the little that
+                    # is left itself, before it begins (see _on_begin).
+                    wal["catch_up"] = frames * page >= RESTART_BYTES
             except (OSError, sqlite3.Error):  # no log yet, or busy: the next round
                 log.debug("checkpoint of %s skipped", path, exc_info=True)
             if stopping:
