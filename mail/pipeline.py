@@ -79,8 +79,15 @@ def quiet_gc() -> None:
     loaded at start, ran every few batches (7 % of a 10,000-message import).
     Objects alive now are frozen out of collections; the young generation is larger.
     """
+    global _gc_quiet
+    if _gc_quiet:  # once per process: freezing again would keep later garbage forever
+        return
+    _gc_quiet = True
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+
+
+_gc_quiet = False
 
 
 def _watch_parent(parent: int) -> None:

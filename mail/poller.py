@@ -334,9 +334,20 @@ def _lease_within(
         time.sleep(leases.STANDBY_POLL)
 
 
-def run_forever(ws: Workspace, stop: threading.Event, progress: Progress | None = None) -> None:
-    """Poll every mailbox until ``stop`` is set (those whose lease this process gets)."""
-    pipeline.warm()
+def run_forever(
+    ws: Workspace,
+    stop: threading.Event,
+    progress: Progress | None = None,
+    *,
+    eager_worker: bool = True,
+) -> None:
+    """Poll every mailbox until ``stop`` is set (those whose lease this process gets).
+
+    ``eager_worker``: start the parse worker now, not at the first large batch (the
+    TUI, whose mail comes a few messages at a time, saves the process).
+    """
+    if eager_worker:
+        pipeline.warm()
     pipeline.quiet_gc()
     holder = leases.holder_name()
     workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
