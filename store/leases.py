@@ -283,28 +283,38 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
 
+    def _holds(self, lease: Lease) -> bool:
+        with self.lock:
+            return self.leases.get(lease.name) is lease
+
     def run(self) -> None:
         while not self.stopping.wait(self.ttl / 3):
-            with self.lock:
-                held = list(self.leases.values())
-            for lease in held:
-                if lease.lost.is_set():
-                    continue
-                try:
-                    if not renew(self.db, lease):
-                        log.warning(
-                            "mailbox %s: lease taken over by another poller; standing by",
-                            lease.name,
-                        )
-                except Exception as exc:  # the database is away: keep trying until ttl
-                    if lease.expired_locally():
-                        lease.lost.set()
-                        log.error(
-                            "mailbox %s: lease not renewed for %.0f s (%s); stopping work "
-                            "on it until the database is back",
-                            lease.name,
-                            self.ttl,
-                            exc,
-                        )
-                    else:
-                        log.debug("lease renewal of %s failed", lease.name, exc_info=True)
+            self.beat()
+
+    def beat(self) -> None:
+        """Renew every held lease once."""
+        with self.lock:
+            held = list(self.leases.values())
+        for lease in held:
+            if lease.lost.is_set():
+                continue
+            try:
+                if not renew(self.db, lease) and self._holds(lease):
+                    # (One dropped meanwhile, its renewal waiting for the database, was
+                    # let go by this process at the end of its work: no news.)
+                    log.warning(
+                        "mailbox %s: lease taken over by another poller; standing by",
+                        lease.name,
+                    )
+            except Exception as exc:  # the database is away: keep trying until ttl
+                if lease.expired_locally():
+                    lease.lost.set()
+                    log.error(
+                        "mailbox %s: lease not renewed for %.0f s (%s); stopping work "
+                        "on it until the database is back",
+                        lease.name,
+                        self.ttl,
+                        exc,
+                    )
+                else:
+                    log.debug("lease renewal of %s failed", lease.name, exc_info=True)

@@ -120,3 +120,35 @@ def test_heartbeat_keeps_a_lease_alive_and_notices_a_takeover(db: Database) -> N
         assert a.lost.wait(2), "the heartbeat did not notice the lost lease"
     finally:
         beat.stop()
+
+
+def test_a_renewal_that_lands_after_our_own_release_is_no_takeover(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end of a pass drops and releases the lease while a renewal waits for the
+    database: that renewal fails, but nobody took anything over."""
+    lease, _ = leases.try_acquire(db, "it", "host-a:1:aa", ttl=60)
+    assert lease is not None
+    beat = leases.Heartbeat(db, ttl=60)
+    beat.hold(lease)
+    real = leases.renew
+
+    def late(db_: Database, lease_: Lease) -> bool:  # the pass ends meanwhile
+        beat.drop(lease_)
+        leases.release(db_, lease_)
+        return real(db_, lease_)
+
+    monkeypatch.setattr(leases, "renew", late)
+    with caplog.at_level("WARNING", logger="store.leases"):
+        beat.beat()
+    assert "taken over" not in caplog.text
+    # A lease still held whose renewal fails is news.
+    other, _ = leases.try_acquire(db, "hr", "host-a:1:aa", ttl=0.1)
+    assert other is not None
+    beat.hold(other)
+    time.sleep(0.2)
+    assert leases.try_acquire(db, "hr", "host-b:2:bb", ttl=60)[0] is not None
+    monkeypatch.setattr(leases, "renew", real)
+    with caplog.at_level("WARNING", logger="store.leases"):
+        beat.beat()
+    assert "mailbox hr: lease taken over by another poller" in caplog.text
