@@ -365,10 +365,11 @@ def uid_fetch(client: IMAPClient, uids: str, items: str, name: str) -> list[Any]
     client's time (0.42 of 0.48 s for 10,000 messages, against 0.02 s here). This
     sends the command on imaplib's connection and reads lines and literals with
     imaplib's own ``_get_line`` and ``read`` (same EOF, line length and timeout
-    rules). As imaplib does, it returns the untagged FETCH responses: a tuple
-    (text, literal) per literal, then the text after it; other responses (EXISTS,
-    EXPUNGE, RECENT) are dropped, the next SEARCH sees their effect. A NO or BAD
-    raises :class:`ImapError`, a BYE imapclient's abort error.
+    rules). Like imaplib it returns the untagged FETCH responses as a tuple (text,
+    literal) per literal, then the text after it; the texts keep the response's
+    ``N FETCH (`` (imaplib drops ``FETCH``). Other responses (EXISTS, EXPUNGE,
+    RECENT) are dropped: the next SEARCH sees their effect. A NO or BAD raises
+    :class:`ImapError`, a BYE imapclient's abort error.
     """
     imap = client._imap
     tag = imap._new_tag()

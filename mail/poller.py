@@ -339,16 +339,17 @@ def run_forever(
     stop: threading.Event,
     progress: Progress | None = None,
     *,
-    eager_worker: bool = True,
+    bulk: bool = True,
 ) -> None:
     """Poll every mailbox until ``stop`` is set (those whose lease this process gets).
 
-    ``eager_worker``: start the parse worker now, not at the first large batch (the
-    TUI, whose mail comes a few messages at a time, saves the process).
+    ``bulk``: tune the process for large imports (the parse worker started now, fewer
+    garbage collections). The TUI, whose mail comes a few messages at a time and whose
+    own objects are many, passes False.
     """
-    if eager_worker:
+    if bulk:
         pipeline.warm()
-    pipeline.quiet_gc()
+        pipeline.quiet_gc()
     holder = leases.holder_name()
     workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
     for w in workers:

@@ -102,8 +102,10 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> 
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wanted)}")
             conn.info["wal_autocheckpoint"] = wanted
         if wal and wal.get("catch_up"):
+            # PASSIVE: never waits for readers or writers (a lease renewal may be the
+            # one beginning); if the checkpoint thread is busy, the flag comes back.
             wal["catch_up"] = False
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -224,8 +226,15 @@ class Database:
         whenever the log passes 4 MB. Nothing changes for other processes. A no-op on
         PostgreSQL and for in-memory databases.
         """
-        path = self.engine.url.database
-        if not self.is_sqlite or not path or path == ":memory:":
+        url = self.engine.url
+        path = url.database
+        if (
+            not self.is_sqlite
+            or not path
+            or path == ":memory:"
+            or path.startswith("file:")
+            or url.query.get("uri")
+        ):  # nothing to copy, or a URI filename this thread would not open the same way
             yield
             return
         stop = threading.Event()
@@ -260,6 +269,7 @@ def _checkpoint_loop(path: str, stop: threading.Event, wal: dict[str, Any]) -> N
         page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     except sqlite3.Error:
         log.warning("background checkpoints unavailable for %s", path, exc_info=True)
+        wal["autocheckpoint"] = 1000  # commits checkpoint again, as by default
         return
     try:
         while True:
@@ -276,5 +286,9 @@ def _checkpoint_loop(path: str, stop: threading.Event, wal: dict[str, Any]) -> N
                 log.debug("checkpoint of %s skipped", path, exc_info=True)
             if stopping:
                 return
+    except BaseException:
+        log.exception("background checkpoints of %s stopped", path)
+        raise
     finally:
+        wal["autocheckpoint"] = 1000  # whatever ended the thread: commits take over
         conn.close()

@@ -307,6 +307,8 @@ class Heartbeat(threading.Thread):
                         lease.name,
                     )
             except Exception as exc:  # the database is away: keep trying until ttl
+                if not self._holds(lease):
+                    continue  # let go meanwhile: nothing to report
                 if lease.expired_locally():
                     lease.lost.set()
                     log.error(

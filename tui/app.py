@@ -118,7 +118,7 @@ class DeskqApp(App[None]):
     def _run_poller(self) -> None:
         from mail.poller import run_forever
 
-        run_forever(self.ws, self.stop_event, eager_worker=False)
+        run_forever(self.ws, self.stop_event, bulk=False)
 
     @work(thread=True, group="sender", exclusive=True, exit_on_error=False)
     def _run_sender(self) -> None:

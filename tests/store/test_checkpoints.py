@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text
@@ -84,4 +86,28 @@ def test_the_log_starts_over_under_a_writer_that_never_pauses(
         _write_mb(db, 80, pause=0.01)  # about the pace of a bulk import
         largest = Path(f"{path}-wal").stat().st_size
     assert largest < 40 << 20, largest
+    db.close()
+
+
+def test_commits_checkpoint_again_when_the_thread_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "x.db"
+    db = Database.open(f"sqlite:///{path}")
+
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    # The thread's own connection fails (the engine's connections are left alone).
+    monkeypatch.setattr(db_module, "sqlite3", SimpleNamespace(connect=refuse, Error=sqlite3.Error))
+    with db.background_checkpoints():
+        assert _wait_for(lambda: db._wal["autocheckpoint"] == 1000)
+        assert _autocheckpoint(db) == 1000
+    db.close()
+
+
+def test_uri_filenames_keep_sqlites_own_checkpoints(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///file:{tmp_path / 'x.db'}?uri=true")
+    with db.background_checkpoints():
+        assert _autocheckpoint(db) == 1000
     db.close()
