@@ -142,6 +142,8 @@ class Batch:
         self.touched: set[int] = set()  # tickets whose events this batch appended
         self.now = utcnow()
         self.conn = session.connection()
+        # SQLite: one writer at a time, so ids can be chosen here (see _insert_with_ids).
+        self.sqlite = self.conn.dialect.name == "sqlite"
 
     # ------------------------------------------------------------------ phase 1: read
 
@@ -496,7 +498,7 @@ class Batch:
         inserted: dict[str, int] = {}
         if not rows:
             return inserted
-        if self.conn.dialect.name == "sqlite":
+        if self.sqlite:
             # Under SQLite's write lock, _dedupe has seen every stored identity: all of
             # these are new. (Were one not, the INSERT fails and the batch is retried
             # email by email, where _dedupe finds it.)
@@ -562,7 +564,7 @@ class Batch:
         """INSERT ``rows``; their new ids, in order."""
         if not rows:
             return []
-        if self.conn.dialect.name == "sqlite":
+        if self.sqlite:
             # SQLAlchemy can only match RETURNING rows to parameters on SQLite by sending
             # one statement per row. The ids are chosen here instead, as SQLite would
             # choose them (max + 1, ...): this transaction holds the database's only
@@ -636,7 +638,7 @@ class Batch:
                     }
                 )
         self.touched = {e["ticket_id"] for e in events}
-        if self.conn.dialect.name == "sqlite":
+        if self.sqlite:
             ids = self._insert_with_ids(EVENTS, events)
             self._clocks_of_new_tickets(events, ids)
         else:

@@ -275,8 +275,7 @@ def poll_once(ws: Workspace, progress: Progress | None = None) -> list[MailboxSt
     A mailbox another poller works is left to it (``status.skipped``), after waiting
     up to one lease time in case that poller is dead.
     """
-    pipeline.warm()
-    pipeline.quiet_gc()
+    pipeline.tune_for_bulk()
     ingestors = {m.name: Ingestor(ws.settings, ws.db) for m in ws.settings.mailbox}
     statuses = {m.name: MailboxStatus(m.name) for m in ws.settings.mailbox}
     holder = leases.holder_name()
@@ -348,8 +347,7 @@ def run_forever(
     own objects are many, passes False.
     """
     if bulk:
-        pipeline.warm()
-        pipeline.quiet_gc()
+        pipeline.tune_for_bulk()
     holder = leases.holder_name()
     workers = [MailboxWorker(m, ws, stop, progress, holder=holder) for m in ws.settings.mailbox]
     for w in workers:
