@@ -56,8 +56,8 @@ def normalise_url(url: str, password: str | None = None) -> URL:
         )
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
-        parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
+    if backend == "sqlite" and _is_file_path(parsed):
+        parsed = parsed.set(database=str(Path(parsed.database or "").expanduser()))
     if password is not None:
         parsed = parsed.set(password=password)
     return parsed
@@ -67,10 +67,21 @@ def _unicode_lower(value: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else value
 
 
+def _is_file_path(url: URL) -> bool:
+    """A SQLite database named by a plain path: not in memory, not a URI filename."""
+    path = url.database
+    return (
+        bool(path)
+        and path != ":memory:"
+        and not (path or "").startswith("file:")
+        and (not url.query.get("uri"))
+    )
+
+
 def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> Engine:
-    if url.database and url.database != ":memory:":
+    if _is_file_path(url):
         try:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseError(
                 f"cannot create the folder for {url.database}: {exc.strerror}. "
@@ -228,13 +239,8 @@ class Database:
         """
         url = self.engine.url
         path = url.database
-        if (
-            not self.is_sqlite
-            or not path
-            or path == ":memory:"
-            or path.startswith("file:")
-            or url.query.get("uri")
-        ):  # nothing to copy, or a URI filename this thread would not open the same way
+        if not self.is_sqlite or not _is_file_path(url):
+            # nothing to copy, or a URI filename this thread would not open the same way
             yield
             return
         stop = threading.Event()

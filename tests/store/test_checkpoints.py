@@ -106,8 +106,13 @@ def test_commits_checkpoint_again_when_the_thread_cannot_run(
     db.close()
 
 
-def test_uri_filenames_keep_sqlites_own_checkpoints(tmp_path: Path) -> None:
+def test_uri_filenames_keep_sqlites_own_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     db = Database.open(f"sqlite:///file:{tmp_path / 'x.db'}?uri=true")
     with db.background_checkpoints():
         assert _autocheckpoint(db) == 1000
     db.close()
+    assert (tmp_path / "x.db").exists()
+    assert not (tmp_path / "file:").exists()  # a URI is not a folder to create
