@@ -4,16 +4,18 @@ For every row of an executemany, SQLAlchemy builds a parameter dictionary, looks
 each column's processor and runs it: on SQLite that costs more than SQLite spends
 storing the row. :func:`insert_rows` does the same conversion with each column's own
 bind processor (``TypeEngine.dialect_impl(dialect).bind_processor``, so the values are
-exactly those SQLAlchemy would send, defaults included) and hands the driver one
-executemany of tuples. Other backends take SQLAlchemy's regular path, which already
+exactly those SQLAlchemy would send, defaults included) and hands the driver
+multi-row INSERT statements of up to 500 rows. Other backends take SQLAlchemy's regular path, which already
 sends a batch per statement there. Tests compare rows written both ways.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
@@ -32,7 +34,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     if conn.dialect.name != "sqlite" or any(len(row) != len(keys) for row in rows):
         conn.execute(insert(table), list(rows))
         return
-    sql, processors, defaults = _plan(table, keys, conn.dialect)
+    sql, marks, processors, defaults = _plan(table, keys, conn.dialect)
     # Column defaults are evaluated once per statement (SQLAlchemy: once per row); the
     # only callable ones are "now", the same instant for a batch.
     extra = tuple(default() for default in defaults)
@@ -44,13 +46,20 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         + extra
         for row in rows
     ]
-    conn.exec_driver_sql(sql, params)
+    # Multi-row statements: for a statement that fires triggers (messages: search)
+    # SQLite journals every page it changes, so as to undo that statement alone; an
+    # executemany would journal the same pages once per row (a seventh of ingestion).
+    width = len(params[0])
+    per = max(1, min(MAX_ROWS, _variable_limit(conn) // width))
+    for start in range(0, len(params), per):
+        chunk = params[start : start + per]
+        conn.exec_driver_sql(sql.format(", ".join([marks] * len(chunk))), _flat(chunk))
 
 
 @lru_cache(maxsize=64)
 def _plan(
     table: Table, keys: tuple[str, ...], dialect: Dialect
-) -> tuple[str, tuple[Processor, ...], tuple[Callable[[], Any], ...]]:
+) -> tuple[str, str, tuple[Processor, ...], tuple[Callable[[], Any], ...]]:
     """The statement, the processors of ``keys`` and the defaults of missing columns."""
     columns = [table.c[k] for k in keys]
     defaults: list[Callable[[], Any]] = []
@@ -67,9 +76,22 @@ def _plan(
     processors = tuple(_processor(c.type, dialect) for c in columns)
     preparer = dialect.identifier_preparer
     names = ", ".join(preparer.format_column(c) for c in columns)
-    marks = ", ".join("?" for _ in columns)
-    sql = f"INSERT INTO {preparer.format_table(table)} ({names}) VALUES ({marks})"
-    return sql, processors[: len(keys)], tuple(defaults)
+    marks = "(" + ", ".join("?" for _ in columns) + ")"
+    sql = f"INSERT INTO {preparer.format_table(table)} ({names}) VALUES {{}}"
+    return sql, marks, processors[: len(keys)], tuple(defaults)
+
+
+# Rows per multi-row INSERT, within SQLite's limit on parameters per statement.
+MAX_ROWS = 500
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(chain.from_iterable(rows))
+
+
+def _variable_limit(conn: Connection) -> int:
+    dbapi = conn.connection.dbapi_connection
+    return int(dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))  # type: ignore[union-attr]
 
 
 def _processor(kind: Any, dialect: Dialect) -> Processor:

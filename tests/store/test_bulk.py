@@ -190,3 +190,33 @@ def test_uneven_rows_are_refused_as_sqlalchemy_refuses_them(tmp_path: Path) -> N
         insert_rows(s.connection(), Ticket.__table__, rows)  # type: ignore[arg-type]
     with db.session() as s:
         assert s.get(Ticket, 7) is None
+
+
+def test_many_rows_are_split_into_statements_within_sqlites_parameter_limit(
+    tmp_path: Path,
+) -> None:
+    """Rows beyond one statement's parameters go in further statements, none lost."""
+    db = _fresh(tmp_path / "x.db")
+    base = CASES[1][1][0]
+    rows = [{**base, "id": 100 + n, "subject": f"row {n} zebra{n}"} for n in range(1234)]
+    with db.write() as s:
+        conn = s.connection()
+        conn.execute(insert(Ticket.__table__), CASES[0][1])
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # old SQLite's limit
+        statements: list[int] = []
+        dbapi.set_trace_callback(lambda sql: statements.append(sql.count("),")))
+        insert_rows(conn, Message.__table__, rows)  # type: ignore[arg-type]
+        dbapi.set_trace_callback(None)
+    assert len(statements) >= 1234 * len(base) // 999  # split by the limit
+    raw = sqlite3.connect(tmp_path / "x.db")
+    assert raw.execute("SELECT count(*), min(id), max(id) FROM messages").fetchone() == (
+        1234,
+        100,
+        1333,
+    )
+    # Each row fired the search trigger once.
+    found = raw.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'zebra1233'")
+    assert found.fetchall() == [(1333,)]
+    assert raw.execute("SELECT count(*) FROM messages_fts").fetchone() == (1234,)
