@@ -12,7 +12,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -173,47 +173,93 @@ class ImapSource:
         chunks = [uids[start : start + size] for start in range(0, len(uids), size)]
         outcomes: list[Outcome] = []
         done = 0
-        limit = self.settings.ingest.max_message_bytes
-        fetched = (self._fetch(client, chunk) for chunk in chunks)
-        for chunk, prepared in zip(chunks, prepared_batches(fetched, limit), strict=True):
-            got = {p.item.uid for p in prepared}
-            missing = [u for u in chunk if u not in got]
-            if missing:
-                # Expunged since the SEARCH, or withheld by a broken server. They are
-                # not stored, so no after-action ever touches them: they stay in the
-                # folder, unread, for a person to look at.
-                log.error(
-                    "mailbox %s: the server returned no message for UID(s) %s; "
-                    "left untouched in %s",
-                    self.mailbox.name,
-                    ", ".join(map(str, missing[:20])),
-                    self.mailbox.folder,
+        # Stored and committed, after-action not applied yet: it is applied when no
+        # FETCH is in flight on the connection (see _fetch_ahead).
+        committed: list[int] = []
+
+        def after_committed() -> None:
+            if committed:
+                self._after(client, list(committed))
+                committed.clear()
+
+        fetched = self._fetch_ahead(client, chunks, after_committed)
+        batches = prepared_batches(fetched, self.settings.ingest.max_message_bytes)
+        failed = True
+        try:
+            for chunk, prepared in zip(chunks, batches, strict=True):
+                got = {p.item.uid for p in prepared}
+                missing = [u for u in chunk if u not in got]
+                if missing:
+                    # Expunged since the SEARCH, or withheld by a broken server. They
+                    # are not stored, so no after-action ever touches them: they stay in
+                    # the folder, unread, for a person to look at.
+                    log.error(
+                        "mailbox %s: the server returned no message for UID(s) %s; "
+                        "left untouched in %s",
+                        self.mailbox.name,
+                        ", ".join(map(str, missing[:20])),
+                        self.mailbox.folder,
+                    )
+                outcomes += self.ingestor.store_batch(
+                    prepared,
+                    mailbox=self.mailbox.name,
+                    default_queue=self.mailbox.default_queue,
+                    folder=self.mailbox.folder,
+                    uidvalidity=self.uidvalidity,
+                    last_uid=max(chunk),
                 )
-            outcomes += self.ingestor.store_batch(
-                prepared,
-                mailbox=self.mailbox.name,
-                default_queue=self.mailbox.default_queue,
-                folder=self.mailbox.folder,
-                uidvalidity=self.uidvalidity,
-                last_uid=max(chunk),
-            )
-            self._after(client, [p.item.uid for p in prepared if p.item.uid is not None])
-            done += len(chunk)
-            if progress:
-                progress(self.mailbox.name, done, len(uids))
-            if stop is not None and stop():
-                break
+                committed += [p.item.uid for p in prepared if p.item.uid is not None]
+                done += len(chunk)
+                if progress:
+                    progress(self.mailbox.name, done, len(uids))
+                if stop is not None and stop():
+                    break
+            failed = False
+        finally:
+            batches.close()
+            fetched.close()  # reads the answer to a FETCH still in flight
+            try:
+                after_committed()
+            except Exception:
+                if not failed:
+                    raise
+                # The pass fails anyway; the next one applies these (_finish_interrupted).
+                log.debug("mailbox %s: after-action left", self.mailbox.name, exc_info=True)
         return outcomes
 
-    def _fetch(self, client: IMAPClient, chunk: list[int]) -> list[Incoming]:
-        """FETCH the messages (BODY.PEEK[]: reading marks nothing), in UID order.
+    def _fetch_ahead(
+        self, client: IMAPClient, chunks: list[list[int]], between: Callable[[], None]
+    ) -> Generator[list[Incoming], None, None]:
+        """Each chunk's messages, in order; the next chunk's FETCH is sent before one is
+        handed over, so the server answers it while the caller stores.
 
-        Reads the response itself (:func:`uid_fetch`): imapclient's parser costs four
+        ``between`` runs whenever no command is in flight (after-actions go there: an
+        IMAP client reads answers in the order it sent the commands).
+        """
+        items = "(UID INTERNALDATE BODY.PEEK[])"
+        tag = send_fetch(client, _uid_set(chunks[0]), items) if chunks else None
+        try:
+            for index, chunk in enumerate(chunks):
+                assert tag is not None
+                data = read_fetch(client, tag, self.mailbox.name)
+                tag = None
+                between()
+                if index + 1 < len(chunks):
+                    tag = send_fetch(client, _uid_set(chunks[index + 1]), items)
+                yield self._incoming(chunk, data)
+        finally:
+            if tag is not None:  # the caller stopped early: the answer is read and dropped
+                try:
+                    read_fetch(client, tag, self.mailbox.name)
+                except Exception:  # the connection is failing anyway
+                    log.debug("mailbox %s: FETCH answer unread", self.mailbox.name, exc_info=True)
+
+    def _incoming(self, chunk: list[int], data: list[Any]) -> list[Incoming]:
+        """The messages of a FETCH (BODY.PEEK[]: reading marks nothing), in UID order.
+
+        The response is read by :func:`read_fetch`: imapclient's parser costs four
         times the whole FETCH, imaplib's twice, and only two fields are needed here.
         """
-        data = uid_fetch(
-            client, ",".join(map(str, chunk)), "(UID INTERNALDATE BODY.PEEK[])", self.mailbox.name
-        )
         found: dict[int, tuple[bytes, datetime | None]] = {}
         pending: tuple[bytes, bytes] | None = None  # (text around the body, body)
         for part in [*data, b""]:
@@ -371,9 +417,20 @@ def uid_fetch(client: IMAPClient, uids: str, items: str, name: str) -> list[Any]
     RECENT) are dropped: the next SEARCH sees their effect. A NO or BAD raises
     :class:`ImapError`, a BYE imapclient's abort error.
     """
+    return read_fetch(client, send_fetch(client, uids, items), name)
+
+
+def send_fetch(client: IMAPClient, uids: str, items: str) -> bytes:
+    """Send ``UID FETCH`` without waiting: its tag, for :func:`read_fetch`."""
     imap = client._imap
-    tag = imap._new_tag()
+    tag: bytes = imap._new_tag()
     imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids.encode("ascii"), items.encode("ascii")))
+    return tag
+
+
+def read_fetch(client: IMAPClient, tag: bytes, name: str) -> list[Any]:
+    """The data of the FETCH sent as ``tag`` (see :func:`uid_fetch`)."""
+    imap = client._imap
     data: list[Any] = []
     try:
         while True:
@@ -399,6 +456,10 @@ def uid_fetch(client: IMAPClient, uids: str, items: str, name: str) -> list[Any]
                 data.append(text)
     finally:
         imap.tagged_commands.pop(tag, None)
+
+
+def _uid_set(uids: list[int]) -> str:
+    return ",".join(map(str, uids))
 
 
 _UNTAGGED_FETCH = re.compile(rb"\* \d+ FETCH\b", re.IGNORECASE)

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -131,7 +131,9 @@ def _prepare_remote(items: list[Incoming], max_bytes: int) -> list[Prepared]:
     return out
 
 
-def prepared_batches(batches: Iterable[list[Incoming]], max_bytes: int) -> Iterator[list[Prepared]]:
+def prepared_batches(
+    batches: Iterable[list[Incoming]], max_bytes: int
+) -> Generator[list[Prepared], None, None]:
     """The batches, prepared, in order; batch n+1 is parsed while batch n is used."""
     pending: Future[list[Prepared]] | list[Incoming] | None = None
     pending_items: list[Incoming] = []

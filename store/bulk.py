@@ -5,8 +5,9 @@ each column's processor and runs it: on SQLite that costs more than SQLite spend
 storing the row. :func:`insert_rows` does the same conversion with each column's own
 bind processor (``TypeEngine.dialect_impl(dialect).bind_processor``, so the values are
 exactly those SQLAlchemy would send, defaults included) and hands the driver
-multi-row INSERT statements of up to 500 rows. Other backends take SQLAlchemy's regular path, which already
-sends a batch per statement there. Tests compare rows written both ways.
+multi-row INSERT statements of up to 500 rows. Other backends take SQLAlchemy's
+regular path, which already sends a batch per statement there. Tests compare rows
+written both ways.
 """
 
 from __future__ import annotations

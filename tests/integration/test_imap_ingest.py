@@ -31,6 +31,7 @@ import pytest
 from imapclient import IMAPClient
 from sqlalchemy import func, select
 
+import mail.imap as imap_module
 from mail.imap import ImapSource, connected
 from mail.ingest import Ingestor, Outcome
 from mail.poller import MailboxStatus, MailboxWorker, poll_once, run_forever
@@ -494,6 +495,98 @@ def test_crash_inside_the_after_action_neither_loses_nor_duplicates(
         assert acct.unseen() == []
     else:
         assert acct.count("INBOX") == 0 and acct.count("Processed") == 4
+
+
+def _source(ws: Workspace) -> ImapSource:
+    return ImapSource(ws.settings.mailbox[0], ws.settings, Ingestor(ws.settings, ws.db))
+
+
+def test_the_next_fetch_is_in_flight_while_a_batch_is_stored(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sends batch n+2 while batch n is stored (a remote server's transfer
+    overlaps the writing), and after-actions never go out while a FETCH is unanswered."""
+    acct = account()
+    acct.append(*(email(f"Badge {i} broken") for i in range(7)))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    log_: list[str] = []
+    for name in ("send_fetch", "read_fetch"):
+        real = getattr(imap_module, name)
+        monkeypatch.setattr(
+            imap_module, name, lambda *a, _r=real, _n=name: (log_.append(_n), _r(*a))[1]
+        )
+    real_store, real_after = Ingestor.store_batch, ImapSource._after
+    monkeypatch.setattr(
+        Ingestor, "store_batch", lambda *a, **k: (log_.append("store"), real_store(*a, **k))[1]
+    )
+    monkeypatch.setattr(
+        ImapSource, "_after", lambda *a: (log_.append("after"), real_after(*a))[1]
+    )  # fmt: skip
+    [status] = poll_ok(ws)
+    assert status.stored == 7 and acct.unseen() == []
+    in_flight = 0
+    for step in log_:
+        in_flight += {"send_fetch": 1, "read_fetch": -1}.get(step, 0)
+        if step == "after":
+            assert in_flight == 0, log_
+    stores = [i for i, step in enumerate(log_) if step == "store"]
+    assert len(stores) == 4
+    for i in stores[:2]:  # batches 1 and 2 stored while the FETCH of 3 and 4 is out
+        assert log_[:i].count("send_fetch") - log_[:i].count("read_fetch") == 1, log_
+
+
+def test_a_pass_stopped_between_batches_leaves_the_connection_usable(
+    account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
+) -> None:
+    acct = account()
+    acct.append(*(email(f"Lamp {i} off") for i in range(7)))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    source = _source(ws)
+    with connected(source):
+        first = source.pass_once(stop=lambda: True)  # stops after the first commit
+        assert len(first) == 2
+        assert count(ws, RawSource) == 2 and len(acct.unseen()) == 5  # those 2 marked
+        # The FETCH sent ahead was answered and read by deskq, not left for imaplib to
+        # file away (a whole batch kept in memory) when the next command came.
+        assert source.client is not None
+        assert not source.client._imap.untagged_responses.get("FETCH")
+        assert source.client._imap.tagged_commands == {}
+        rest = source.pass_once()
+    assert len(rest) == 5
+    assert count(ws, RawSource) == 7 and count(ws, Ticket) == 7 and acct.unseen() == []
+
+
+def test_a_failed_batch_marks_what_was_committed_and_leaves_the_connection_usable(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    acct = account()
+    acct.append(*(email(f"Chair {i} squeaks") for i in range(7)))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    source = _source(ws)
+    real = Ingestor.store_batch
+    calls = []
+
+    def second_fails(self: Ingestor, *a: Any, **k: Any) -> list[Outcome]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure storing the second batch")
+        return real(self, *a, **k)
+
+    with connected(source):
+        with monkeypatch.context() as m:
+            m.setattr(Ingestor, "store_batch", second_fails)
+            with pytest.raises(RuntimeError, match="second batch"):
+                source.pass_once()
+        assert count(ws, RawSource) == 2 and len(acct.unseen()) == 5
+        rest = source.pass_once()
+    assert len(rest) == 5
+    assert count(ws, RawSource) == 7 and count(ws, Ticket) == 7 and acct.unseen() == []
 
 
 def test_uidvalidity_reset_is_rescanned_without_duplicates(
