@@ -240,9 +240,9 @@ class ImapSource:
         tag = send_fetch(client, _uid_set(chunks[0]), items) if chunks else None
         try:
             for index, chunk in enumerate(chunks):
-                assert tag is not None
-                data = read_fetch(client, tag, self.mailbox.name)
-                tag = None
+                sent, tag = tag, None  # once read (or failed), nothing to drain
+                assert sent is not None
+                data = read_fetch(client, sent, self.mailbox.name)
                 between()
                 if index + 1 < len(chunks):
                     tag = send_fetch(client, _uid_set(chunks[index + 1]), items)

@@ -52,6 +52,14 @@ def _source(response: bytes) -> tuple[ImapSource, Any]:
     return source, SimpleNamespace(_imap=FakeImap(response))
 
 
+def _fetch(source: ImapSource, client: Any, chunk: list[int]) -> list[Any]:
+    fetched = source._fetch_ahead(client, [chunk], lambda: None)
+    try:
+        return next(fetched)
+    finally:
+        fetched.close()
+
+
 def test_uid_before_or_after_the_body_and_missing_messages() -> None:
     response = (
         b'* 1 FETCH (UID 5 INTERNALDATE "24-Nov-2026 09:15:02 +0100" BODY[] {3}\r\none)\r\n'
@@ -64,7 +72,7 @@ def test_uid_before_or_after_the_body_and_missing_messages() -> None:
         b"* 10 EXISTS\r\n"  # after the end: left for the next command
     )
     source, client = _source(response)
-    items = source._fetch(client, [5, 6, 7, 8])
+    items = _fetch(source, client, [5, 6, 7, 8])
     assert [(i.uid, i.raw) for i in items] == [(5, b"one"), (6, b"two"), (8, b"th}\r\nee")]
     assert items[0].received_at == datetime(2026, 11, 24, 8, 15, 2, tzinfo=UTC)
     assert items[2].received_at == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
@@ -74,20 +82,25 @@ def test_uid_before_or_after_the_body_and_missing_messages() -> None:
     assert client._imap.stream.read() == b"* 10 EXISTS\r\n"
 
 
+LATER = b"* 10 EXISTS\r\n"  # what the server says next, for the next command
+
+
 @pytest.mark.parametrize(
-    ("response", "error"),
+    ("response", "error", "left"),
     [
-        (b"A1 NO [SERVERBUG] Internal error\r\n", ImapError),
-        (b"A1 BAD Error in IMAP command\r\n", ImapError),
-        (b"* BYE Shutting down\r\n", IMAPClientAbortError),
-        (b"* 1 FETCH (UID 5 BODY[] {10}\r\nshort", IMAPClientAbortError),  # cut off
+        (b"A1 NO [SERVERBUG] Internal error\r\n" + LATER, ImapError, LATER),
+        (b"A1 BAD Error in IMAP command\r\n" + LATER, ImapError, LATER),
+        (b"* BYE Shutting down\r\n" + LATER, IMAPClientAbortError, LATER),
+        (b"* 1 FETCH (UID 5 BODY[] {10}\r\nshort", IMAPClientAbortError, b""),  # cut off
     ],
 )
-def test_failures_raise(response: bytes, error: type[Exception]) -> None:
+def test_failures_raise(response: bytes, error: type[Exception], left: bytes) -> None:
     source, client = _source(response)
     with pytest.raises(error):
-        source._fetch(client, [5])
+        _fetch(source, client, [5])
     assert client._imap.tagged_commands == {}
+    # A failed answer is not read again (on a live socket that would wait forever).
+    assert client._imap.stream.read() == left
 
 
 def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
