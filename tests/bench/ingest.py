@@ -6,7 +6,9 @@ HTML-only, some with attachments, some threaded replies) and measures in one run
   (a) a plain imapclient FETCH of the whole folder: the ceiling;
   (b) ``deskq poll --once`` end to end into SQLite, as a ratio of (a);
   (c) the delay from APPEND to the ticket being committed, with IDLE (``deskq poll``);
-  (d) peak memory of (b), and of a larger backlog to show it stays flat.
+  (d) peak memory of (b), and of a larger backlog to show it stays flat;
+  (e) (a) and (b) again through a relay that behaves like a network link (by default
+      200 Mbit/s with 5 ms each way): a mail server is rarely on the same machine.
 
 Prints one JSON line. Usage: python tests/bench/ingest.py [--messages N] [--backlog N]
 Targets: (b) >= 2,000 msg/s and >= 0.2 of (a); (c) p50 <= 1.0 s; backlog of 100,000
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imapclient import IMAPClient
 
 from mail.demo_mail import generate
+from tests.bench.link import link
 from tests.servers import Dovecot, dovecot_unavailable_reason
 
 DESKQ = str(Path(sys.executable).parent / "deskq")
@@ -81,9 +84,9 @@ def seed_folder(dovecot: Dovecot, user: str, password: str, messages: list[bytes
             client.multiappend("INBOX", messages[start : start + 500])
 
 
-def plain_fetch(dovecot: Dovecot, user: str, password: str) -> float:
+def plain_fetch(dovecot: Dovecot, user: str, password: str, port: int | None = None) -> float:
     """Messages per second of a bare FETCH BODY.PEEK[] of the whole folder."""
-    with IMAPClient(dovecot.host, port=dovecot.imap_port, ssl=False) as client:
+    with IMAPClient(dovecot.host, port=port or dovecot.imap_port, ssl=False) as client:
         client.login(user, password)
         client.select_folder("INBOX", readonly=True)
         uids = client.search(["ALL"])
@@ -93,14 +96,14 @@ def plain_fetch(dovecot: Dovecot, user: str, password: str) -> float:
         return len(uids) / (time.perf_counter() - started)
 
 
-def mailbox_toml(dovecot: Dovecot, user: str, name: str) -> str:
+def mailbox_toml(dovecot: Dovecot, user: str, name: str, port: int | None = None) -> str:
     """The ``[[mailbox]]`` of a benchmark account (password in BENCH_IMAP_PASSWORD)."""
     return f"""
 [[mailbox]]
 name = "{name}"
 source = "imap"
 host = "127.0.0.1"
-port = {dovecot.imap_port}
+port = {port or dovecot.imap_port}
 security = "none"
 username = "{user}"
 password_env = "BENCH_IMAP_PASSWORD"
@@ -109,7 +112,7 @@ default_queue = "it"
 """
 
 
-def write_config(root: Path, dovecot: Dovecot, user: str) -> Path:
+def write_config(root: Path, dovecot: Dovecot, user: str, port: int | None = None) -> Path:
     config = root / "config.toml"
     config.write_text(
         f"""
@@ -119,7 +122,7 @@ url = "sqlite:///{root / "deskq.db"}"
 [ingest]
 batch_size = 500
 """
-        + mailbox_toml(dovecot, user, "bench")
+        + mailbox_toml(dovecot, user, "bench", port)
         + QUEUES,
         encoding="utf-8",
     )
@@ -188,6 +191,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--idle-samples", type=int, default=50)
+    parser.add_argument("--link-mbit", type=float, default=200, help="0: no link run")
+    parser.add_argument("--link-latency-ms", type=float, default=5)
     args = parser.parse_args()
     reason = dovecot_unavailable_reason()
     if reason:
@@ -211,6 +216,21 @@ def main() -> None:
             ratio_to_fetch=round(rate / ceiling, 3),
             peak_rss_mb=round(rss / 1024, 1),
         )
+        if args.link_mbit:
+            with link(dovecot.imap_port, args.link_mbit, args.link_latency_ms) as relay:
+                linked_ceiling = plain_fetch(dovecot, user, password, relay.port)
+                linked = work / "linked"
+                linked.mkdir()
+                config = write_config(linked, dovecot, user, relay.port)
+                seconds3, _ = poll_once(config, password)
+            assert count_raw(linked / "deskq.db") == args.messages
+            linked_rate = args.messages / seconds3
+            result.update(
+                link=f"{args.link_mbit:g} Mbit/s, {args.link_latency_ms:g} ms each way",
+                link_plain_fetch_msgs_per_s=round(linked_ceiling),
+                link_poll_once_msgs_per_s=round(linked_rate),
+                link_ratio_to_fetch=round(linked_rate / linked_ceiling, 3),
+            )
         if args.backlog:
             user2, password2 = dovecot.take_user()
             seed_folder(dovecot, user2, password2, corpus(args.backlog, seed=2))
