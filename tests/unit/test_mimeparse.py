@@ -8,6 +8,7 @@ changed one would let a re-delivered email through as new.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from email import policy
 from email.message import Message
@@ -25,7 +26,7 @@ from mail.mimeparse import (
     _BoundaryAwareRe,
     message_from_bytes,
 )
-from mail.parse import _without_trailing_blanks, content_identity
+from mail.parse import _ORIGIN_HEADER, _without_trailing_blanks, content_identity
 from tests.bench.ingest import corpus
 from tests.support import CORPUS
 
@@ -170,3 +171,48 @@ def test_identities_are_unchanged() -> None:
     assert content_identity(raw, "<x@y>") == (
         "<x@y>|ee56e055d57c481c141e644f3130e1624b015fe23a97be670a46c3cb03c03ce8"
     )
+
+
+def _old_identity(raw: bytes, message_id: str | None) -> str:
+    """content_identity as it was: the whole message turned into LF lines first."""
+    data = raw.replace(b"\r\n", b"\n")
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        head, body = data, b""
+    origin = [
+        m.group(1).lower() + b":" + b" ".join(m.group(2).split())
+        for m in _ORIGIN_HEADER.finditer(head)
+    ]
+    digest = hashlib.sha256()
+    if not origin and not message_id:
+        origin = [b" ".join(head.split())]
+    for item in sorted(origin):
+        digest.update(item + b"\n")
+    digest.update(b"\n")
+    digest.update(_old_without_trailing_blanks(body.rstrip()))
+    return f"{(message_id or '<>')[:60]}|{digest.hexdigest()}"
+
+
+_PIECES = st.sampled_from(
+    [b"\r\n", b"\n", b"\r", b" ", b"\t", b"From: a@b", b"Subject: x", b"body", b"\r\r\n", b"\x0c"]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    raw=st.lists(_PIECES | st.binary(max_size=8), max_size=40).map(b"".join),
+    message_id=st.sampled_from(["<x@y>", None]),
+)
+@example(raw=b"X\r\r\n\nbody \r\n", message_id=None)
+@example(raw=b"H\n\r\n\r\nB\r\r\r\n", message_id="<x@y>")
+def test_identities_match_the_whole_message_normalised_first(
+    raw: bytes, message_id: str | None
+) -> None:
+    assert content_identity(raw, message_id) == _old_identity(raw, message_id)
+
+
+def test_identities_of_the_benchmark_corpus_are_unchanged() -> None:
+    for raw in corpus(300, seed=1):  # 5 % with 40-200 KB of prose on one line
+        crlf = raw if b"\r\n" in raw else raw.replace(b"\n", b"\r\n")
+        for copy in (crlf, crlf.replace(b"\r\n", b"\n")):
+            assert content_identity(copy, "<m@x>") == _old_identity(copy, "<m@x>")
