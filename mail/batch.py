@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.utils import formataddr, getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
@@ -573,10 +573,16 @@ class Batch:
             ids = list(range(start + 1, start + 1 + len(rows)))
             insert_rows(self.conn, table, [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
             return ids
-        ids = []
-        for part in _chunks(rows, 100):
-            stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-            ids += self.conn.execute(stmt, part).scalars().all()
+        # PostgreSQL: the ids are drawn from the table's own sequence in one round
+        # trip, then the rows go in one executemany (pipelined by psycopg). A multi-row
+        # INSERT ... RETURNING instead made psycopg parse a statement of hundreds of
+        # parameters again for every 100 rows: a third of the client's time.
+        drawn = self.conn.execute(
+            text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": table.name, "n": len(rows)},
+        ).scalars()
+        ids = sorted(drawn)  # in row order, as the rows' own INSERT would give them
+        self.conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
         return ids
 
     def _insert_events_and_links(self) -> None:
@@ -638,11 +644,8 @@ class Batch:
                     }
                 )
         self.touched = {e["ticket_id"] for e in events}
-        if self.sqlite:
-            ids = self._insert_with_ids(EVENTS, events)
-            self._clocks_of_new_tickets(events, ids)
-        else:
-            insert_rows(self.conn, EVENTS, events)
+        ids = self._insert_with_ids(EVENTS, events)
+        self._clocks_of_new_tickets(events, ids)
         if links:
             _insert_ignore_pairs(self.session, links)
 

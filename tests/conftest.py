@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,12 +81,25 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Pos
 
 
 @pytest.fixture
-def pg_url(pg_cluster: servers.PostgresCluster) -> Iterator[str]:
+def new_pg_url(pg_cluster: servers.PostgresCluster) -> Iterator[Callable[[], str]]:
+    """Makes fresh, migrated PostgreSQL databases for one test, as many as it needs."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t{os.getpid()}_{next(_counter)}"
+        pg_cluster.create_database(name, template=TEMPLATE_DB)
+        made.append(name)
+        return pg_cluster.url(name)
+
+    yield make
+    for name in made:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(new_pg_url: Callable[[], str]) -> str:
     """A fresh, migrated PostgreSQL database for one test."""
-    name = f"t{os.getpid()}_{next(_counter)}"
-    pg_cluster.create_database(name, template=TEMPLATE_DB)
-    yield pg_cluster.url(name)
-    pg_cluster.drop_database(name)
+    return new_pg_url()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from mail import prepare as preparing
 from mail.ingest import Ingestor, Outcome
@@ -1032,8 +1031,15 @@ def test_a_rating_reply_to_a_resolved_ticket_is_recorded_and_does_not_reopen(des
     assert desk.ticket(tid).status == Status.OPEN
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_clocks_of_new_tickets_match_a_full_recompute(
-    make_desk: Callable[..., Desk], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_desk: Callable[..., Desk],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
     """Ingestion computes new tickets' clock rows from memory; they equal read-back ones.
 
@@ -1063,11 +1069,19 @@ def test_clocks_of_new_tickets_match_a_full_recompute(
                             services.set_status(s, ticket.id, ticket.version, None, Status.RESOLVED)
         with services.acting_at(at):
             desk.poll()
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            rows = conn.execute("SELECT * FROM ticket_clocks ORDER BY ticket_id").fetchall()
+        with desk.ws.db.session() as s:
+            rows = [
+                tuple(row)
+                for row in s.execute(text("SELECT * FROM ticket_clocks ORDER BY ticket_id"))
+            ]
         assert len(rows) > 100
         return rows
 
-    fast = run(f"sqlite:///{tmp_path / 'fast.db'}")
+    def fresh(name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / name}.db"
+        return str(request.getfixturevalue("new_pg_url")())
+
+    fast = run(fresh("fast"))
     monkeypatch.setattr(Batch, "_clocks_of_new_tickets", lambda self, events, ids: None)
-    assert run(f"sqlite:///{tmp_path / 'read-back.db'}") == fast
+    assert run(fresh("read-back")) == fast
