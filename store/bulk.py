@@ -49,7 +49,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     ]
     # Multi-row statements: for a statement that fires triggers (messages: search)
     # SQLite journals every page it changes, so as to undo that statement alone; an
-    # executemany would journal the same pages once per row (a seventh of ingestion).
+    # executemany would journal the same pages once per row (a tenth of the writing).
     width = len(params[0])
     per = max(1, min(MAX_ROWS, _variable_limit(conn) // width))
     for start in range(0, len(params), per):
