@@ -579,7 +579,7 @@ class Batch:
         # parameters again for every 100 rows: a third of the client's time.
         drawn = self.conn.execute(
             text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
-            {"t": table.name, "n": len(rows)},
+            {"t": self.conn.dialect.identifier_preparer.format_table(table), "n": len(rows)},
         ).scalars()
         ids = sorted(drawn)  # in row order, as the rows' own INSERT would give them
         self.conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])

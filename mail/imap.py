@@ -179,10 +179,12 @@ class ImapSource:
 
         def after_committed() -> None:
             if committed:
-                self._after(client, list(committed))
-                committed.clear()
+                pending = committed[:]
+                committed.clear()  # tried once: if it fails, _finish_interrupted's turn
+                self._after(client, pending)
 
-        fetched = self._fetch_ahead(client, chunks, after_committed)
+        line = _Line()
+        fetched = self._fetch_ahead(client, chunks, after_committed, line)
         batches = prepared_batches(fetched, self.settings.ingest.max_message_bytes)
         failed = True
         try:
@@ -217,42 +219,63 @@ class ImapSource:
             failed = False
         finally:
             batches.close()
-            fetched.close()  # reads the answer to a FETCH still in flight
-            try:
-                after_committed()
-            except Exception:
-                if not failed:
-                    raise
-                # The pass fails anyway; the next one applies these (_finish_interrupted).
-                log.debug("mailbox %s: after-action left", self.mailbox.name, exc_info=True)
+            fetched.close()
+            if line.busy:
+                # Stopped or failed with a FETCH unanswered (or half read): reading a
+                # whole batch only to drop it could outlast a shutdown, and the next
+                # command would read its answer. The connection is dropped instead;
+                # the next one marks what was committed (_finish_interrupted).
+                self._abandon(client)
+            else:
+                try:
+                    after_committed()
+                except Exception:
+                    if not failed:
+                        raise
+                    # The pass fails anyway; the next one applies these.
+                    log.debug("mailbox %s: after-action left", self.mailbox.name, exc_info=True)
         return outcomes
 
+    def _abandon(self, client: IMAPClient) -> None:
+        """Drop a connection that has an answer pending: no further command on it."""
+        try:
+            client.shutdown()
+        except Exception:  # already gone
+            log.debug("mailbox %s: shutdown failed", self.mailbox.name, exc_info=True)
+        if self.client is client:
+            self.client = None
+
     def _fetch_ahead(
-        self, client: IMAPClient, chunks: list[list[int]], between: Callable[[], None]
+        self,
+        client: IMAPClient,
+        chunks: list[list[int]],
+        between: Callable[[], None],
+        line: _Line,
     ) -> Generator[list[Incoming], None, None]:
         """Each chunk's messages, in order; the next chunk's FETCH is sent before one is
         handed over, so the server answers it while the caller stores.
 
         ``between`` runs whenever no command is in flight (after-actions go there: an
-        IMAP client reads answers in the order it sent the commands).
+        IMAP client reads answers in the order it sent the commands). ``line.busy``
+        says whether an answer is still unread, or was read only in part.
         """
         items = "(UID INTERNALDATE BODY.PEEK[])"
-        tag = send_fetch(client, _uid_set(chunks[0]), items) if chunks else None
-        try:
-            for index, chunk in enumerate(chunks):
-                sent, tag = tag, None  # once read (or failed), nothing to drain
-                assert sent is not None
-                data = read_fetch(client, sent, self.mailbox.name)
-                between()
-                if index + 1 < len(chunks):
-                    tag = send_fetch(client, _uid_set(chunks[index + 1]), items)
-                yield self._incoming(chunk, data)
-        finally:
-            if tag is not None:  # the caller stopped early: the answer is read and dropped
-                try:
-                    read_fetch(client, tag, self.mailbox.name)
-                except Exception:  # the connection is failing anyway
-                    log.debug("mailbox %s: FETCH answer unread", self.mailbox.name, exc_info=True)
+        if not chunks:
+            return
+        line.busy = True
+        tag = send_fetch(client, _uid_set(chunks[0]), items)
+        for index, chunk in enumerate(chunks):
+            try:
+                data = read_fetch(client, tag, self.mailbox.name)
+            except ImapError:  # a tagged NO or BAD: the answer was read to its end
+                line.busy = False
+                raise
+            line.busy = False
+            between()
+            if index + 1 < len(chunks):
+                line.busy = True
+                tag = send_fetch(client, _uid_set(chunks[index + 1]), items)
+            yield self._incoming(chunk, data)
 
     def _incoming(self, chunk: list[int], data: list[Any]) -> list[Incoming]:
         """The messages of a FETCH (BODY.PEEK[]: reading marks nothing), in UID order.
@@ -338,6 +361,8 @@ class ImapSource:
 
     def wait(self, stop: Callable[[], bool]) -> None:
         """Block until new mail may be there (IDLE push, or the poll interval)."""
+        if stop():  # halted during the pass (which may have dropped the connection)
+            return
         client = self.client or self.connect()
         if self.mailbox.idle and client.has_capability("IDLE"):
             self._idle(client, stop)
@@ -456,6 +481,12 @@ def read_fetch(client: IMAPClient, tag: bytes, name: str) -> list[Any]:
                 data.append(text)
     finally:
         imap.tagged_commands.pop(tag, None)
+
+
+class _Line:
+    """Whether a FETCH answer is pending on the connection (see _fetch_ahead)."""
+
+    busy = False
 
 
 def _uid_set(uids: list[int]) -> str:

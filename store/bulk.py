@@ -50,11 +50,17 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     # Multi-row statements: for a statement that fires triggers (messages: search)
     # SQLite journals every page it changes, so as to undo that statement alone; an
     # executemany would journal the same pages once per row (a tenth of the writing).
-    width = len(params[0])
-    per = max(1, min(MAX_ROWS, _variable_limit(conn) // width))
-    for start in range(0, len(params), per):
-        chunk = params[start : start + per]
-        conn.exec_driver_sql(sql.format(", ".join([marks] * len(chunk))), _flat(chunk))
+    # Always the same number of rows, the rest one by one: the driver caches each
+    # statement text with a copy of its last values, so every other row count would
+    # keep a batch of emails in memory for as long as the connection lives.
+    per = max(1, min(MAX_ROWS, _variable_limit(conn) // len(params[0])))
+    whole = len(params) - len(params) % per if per > 1 else 0
+    if whole:
+        many = sql.format(", ".join([marks] * per))
+        for start in range(0, whole, per):
+            conn.exec_driver_sql(many, _flat(params[start : start + per]))
+    if whole < len(params):
+        conn.exec_driver_sql(sql.format(marks), params[whole:])
 
 
 @lru_cache(maxsize=64)

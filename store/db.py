@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import asbool
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,8 @@ def _unicode_lower(value: str | None) -> str | None:
 def _is_file_path(url: URL) -> bool:
     """A SQLite database named by a plain path: not in memory, not a URI filename."""
     path = url.database
-    return (
-        bool(path)
-        and path != ":memory:"
-        and not (path or "").startswith("file:")
-        and (not url.query.get("uri"))
-    )
+    uri = asbool(url.query.get("uri", False))  # read as SQLAlchemy reads it ("false", "0")
+    return bool(path) and path != ":memory:" and not (path or "").startswith("file:") and not uri
 
 
 def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> Engine:

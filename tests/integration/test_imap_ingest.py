@@ -538,28 +538,44 @@ def test_the_next_fetch_is_in_flight_while_a_batch_is_stored(
         assert log_[:i].count("send_fetch") - log_[:i].count("read_fetch") == 1, log_
 
 
-def test_a_pass_stopped_between_batches_leaves_the_connection_usable(
+def test_a_pass_stopped_with_a_fetch_unanswered_drops_the_connection(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
 ) -> None:
+    """Stopping never waits for a batch it will not store (a big one can outlast a
+    shutdown); the next connection marks what was committed, nothing twice."""
     acct = account()
     acct.append(*(email(f"Lamp {i} off") for i in range(7)))
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
     source = _source(ws)
     with connected(source):
         first = source.pass_once(stop=lambda: True)  # stops after the first commit
-        assert len(first) == 2
-        assert count(ws, RawSource) == 2 and len(acct.unseen()) == 5  # those 2 marked
-        # The FETCH sent ahead was answered and read by deskq, not left for imaplib to
-        # file away (a whole batch kept in memory) when the next command came.
-        assert source.client is not None
-        assert not source.client._imap.untagged_responses.get("FETCH")
-        assert source.client._imap.tagged_commands == {}
-        rest = source.pass_once()
+        assert len(first) == 2 and count(ws, RawSource) == 2
+        assert source.client is None  # dropped: the FETCH of batch 3 was unanswered
+        assert len(acct.unseen()) == 7  # committed, not marked yet
+        rest = source.pass_once()  # reconnects; marks the 2, stores the other 5
     assert len(rest) == 5
     assert count(ws, RawSource) == 7 and count(ws, Ticket) == 7 and acct.unseen() == []
 
 
-def test_a_failed_batch_marks_what_was_committed_and_leaves_the_connection_usable(
+def test_a_pass_stopped_with_nothing_unanswered_marks_and_keeps_the_connection(
+    account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
+) -> None:
+    acct = account()
+    acct.append(*(email(f"Fan {i} loud") for i in range(3)))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    source = _source(ws)
+    with connected(source):
+        client = source.client
+        first = source.pass_once(stop=lambda: True)  # the last FETCH was already read
+        assert len(first) == 2 and len(acct.unseen()) == 1
+        assert source.client is client
+        assert not client._imap.untagged_responses.get("FETCH")  # nothing left unread
+        client.noop()
+        rest = source.pass_once()
+    assert len(rest) == 1 and acct.unseen() == []
+
+
+def test_a_failed_batch_loses_nothing_and_marks_nothing_twice(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],
     sqlite_url: str,
@@ -583,10 +599,33 @@ def test_a_failed_batch_marks_what_was_committed_and_leaves_the_connection_usabl
             m.setattr(Ingestor, "store_batch", second_fails)
             with pytest.raises(RuntimeError, match="second batch"):
                 source.pass_once()
-        assert count(ws, RawSource) == 2 and len(acct.unseen()) == 5
+        assert count(ws, RawSource) == 2 and source.client is None
         rest = source.pass_once()
     assert len(rest) == 5
     assert count(ws, RawSource) == 7 and count(ws, Ticket) == 7 and acct.unseen() == []
+
+
+def test_an_after_action_that_fails_is_not_sent_again_in_the_same_pass(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    acct = account()
+    acct.append(*(email(f"Plant {i} dry") for i in range(5)))  # 3 batches: fails between
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    source = _source(ws)
+    sent: list[list[int]] = []
+
+    def fails(self: ImapSource, client: IMAPClient, uids: list[int]) -> None:
+        sent.append(uids)
+        raise RuntimeError("simulated failure of the after-action")
+
+    with connected(source), monkeypatch.context() as m:
+        m.setattr(ImapSource, "_after", fails)
+        with pytest.raises(RuntimeError, match="after-action"):
+            source.pass_once()
+    assert len(sent) == 1  # once: a COPY without MOVE must not run twice
 
 
 def test_uidvalidity_reset_is_rescanned_without_duplicates(

@@ -220,3 +220,31 @@ def test_many_rows_are_split_into_statements_within_sqlites_parameter_limit(
     found = raw.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'zebra1233'")
     assert found.fetchall() == [(1333,)]
     assert raw.execute("SELECT count(*) FROM messages_fts").fetchone() == (1234,)
+
+
+def test_statements_come_in_two_shapes_whatever_the_row_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full multi-row statements, then single rows: the driver caches one statement per
+    text with a copy of its last values, so each extra shape would pin emails in memory."""
+    monkeypatch.setattr("store.bulk.MAX_ROWS", 10)
+    db = _fresh(tmp_path / "x.db")
+    base = CASES[1][1][0]
+    shapes: set[int] = set()
+    next_id = 100
+    with db.write() as s:
+        conn = s.connection()
+        conn.execute(insert(Ticket.__table__), CASES[0][1])
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.set_trace_callback(
+            lambda sql: shapes.add(sql.count("), (") + 1) if "INSERT" in sql else None
+        )
+        for count in range(1, 34):
+            rows = [{**base, "id": next_id + n} for n in range(count)]
+            next_id += count
+            insert_rows(conn, Message.__table__, rows)  # type: ignore[arg-type]
+        dbapi.set_trace_callback(None)
+    assert shapes == {1, 10}
+    raw = sqlite3.connect(tmp_path / "x.db")
+    assert raw.execute("SELECT count(*) FROM messages").fetchone() == (sum(range(1, 34)),)

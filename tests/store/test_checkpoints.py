@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from store import db as db_module
-from store.db import Database
+from store.db import Database, _is_file_path
 
 CHUNK = os.urandom(1 << 20)  # incompressible, one MB
 
@@ -116,3 +116,19 @@ def test_uri_filenames_keep_sqlites_own_checkpoints(
     db.close()
     assert (tmp_path / "x.db").exists()
     assert not (tmp_path / "file:").exists()  # a URI is not a folder to create
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("sqlite:////srv/deskq.db", True),
+        ("sqlite:////srv/deskq.db?uri=false", True),  # read as SQLAlchemy reads it
+        ("sqlite:////srv/deskq.db?uri=true", False),
+        ("sqlite:///file:/srv/deskq.db?uri=true&mode=rw", False),
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+    ],
+)
+def test_which_urls_name_a_plain_file(url: str, plain: bool) -> None:
+    """Only a plain path gets a folder made for it and background checkpoints."""
+    assert _is_file_path(make_url(url)) is plain

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from mail.imap import ImapError, ImapSource, _internaldate
+from mail.imap import ImapError, ImapSource, _internaldate, _Line
 from store.config import parse_settings
 
 CONFIG = (
@@ -53,7 +53,7 @@ def _source(response: bytes) -> tuple[ImapSource, Any]:
 
 
 def _fetch(source: ImapSource, client: Any, chunk: list[int]) -> list[Any]:
-    fetched = source._fetch_ahead(client, [chunk], lambda: None)
+    fetched = source._fetch_ahead(client, [chunk], lambda: None, _Line())
     try:
         return next(fetched)
     finally:
