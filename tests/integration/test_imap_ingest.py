@@ -501,6 +501,20 @@ def _source(ws: Workspace) -> ImapSource:
     return ImapSource(ws.settings.mailbox[0], ws.settings, Ingestor(ws.settings, ws.db))
 
 
+def _two_per_batch(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    url: str,
+    subject: str,
+    count: int,
+) -> tuple[Account, Workspace, ImapSource]:
+    """``count`` emails waiting, and a mailbox that fetches and stores them two at a time."""
+    acct = account()
+    acct.append(*(email(f"{subject} {i}") for i in range(count)))
+    ws = workspaces(config_toml(url, acct.mailbox_toml(), batch_size=2))
+    return acct, ws, _source(ws)
+
+
 def test_the_next_fetch_is_in_flight_while_a_batch_is_stored(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],
@@ -509,9 +523,7 @@ def test_the_next_fetch_is_in_flight_while_a_batch_is_stored(
 ) -> None:
     """The server sends batch n+2 while batch n is stored (a remote server's transfer
     overlaps the writing), and after-actions never go out while a FETCH is unanswered."""
-    acct = account()
-    acct.append(*(email(f"Badge {i} broken") for i in range(7)))
-    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
+    acct, ws, _ = _two_per_batch(account, workspaces, sqlite_url, "Badge broken", 7)
     log_: list[str] = []
     for name in ("send_fetch", "read_fetch"):
         real = getattr(imap_module, name)
@@ -543,10 +555,7 @@ def test_a_pass_stopped_with_a_fetch_unanswered_drops_the_connection(
 ) -> None:
     """Stopping never waits for a batch it will not store (a big one can outlast a
     shutdown); the next connection marks what was committed, nothing twice."""
-    acct = account()
-    acct.append(*(email(f"Lamp {i} off") for i in range(7)))
-    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
-    source = _source(ws)
+    acct, ws, source = _two_per_batch(account, workspaces, sqlite_url, "Lamp off", 7)
     with connected(source):
         first = source.pass_once(stop=lambda: True)  # stops after the first commit
         assert len(first) == 2 and count(ws, RawSource) == 2
@@ -560,10 +569,7 @@ def test_a_pass_stopped_with_a_fetch_unanswered_drops_the_connection(
 def test_a_pass_stopped_with_nothing_unanswered_marks_and_keeps_the_connection(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
 ) -> None:
-    acct = account()
-    acct.append(*(email(f"Fan {i} loud") for i in range(3)))
-    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
-    source = _source(ws)
+    acct, _, source = _two_per_batch(account, workspaces, sqlite_url, "Fan loud", 3)
     with connected(source):
         client = source.client
         first = source.pass_once(stop=lambda: True)  # the last FETCH was already read
@@ -581,10 +587,7 @@ def test_a_failed_batch_loses_nothing_and_marks_nothing_twice(
     sqlite_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    acct = account()
-    acct.append(*(email(f"Chair {i} squeaks") for i in range(7)))
-    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
-    source = _source(ws)
+    acct, ws, source = _two_per_batch(account, workspaces, sqlite_url, "Chair squeaks", 7)
     real = Ingestor.store_batch
     calls = []
 
@@ -611,10 +614,8 @@ def test_an_after_action_that_fails_is_not_sent_again_in_the_same_pass(
     sqlite_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    acct = account()
-    acct.append(*(email(f"Plant {i} dry") for i in range(5)))  # 3 batches: fails between
-    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=2))
-    source = _source(ws)
+    # Three batches: the after-action of the first fails between two FETCHes.
+    _, _, source = _two_per_batch(account, workspaces, sqlite_url, "Plant dry", 5)
     sent: list[list[int]] = []
 
     def fails(self: ImapSource, client: IMAPClient, uids: list[int]) -> None:
