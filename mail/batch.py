@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.utils import formataddr, getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
@@ -571,18 +571,19 @@ class Batch:
             # write lock, so no one else can take them meanwhile.
             start = self.conn.execute(select(func.max(table.c.id))).scalar() or 0
             ids = list(range(start + 1, start + 1 + len(rows)))
-            insert_rows(self.conn, table, [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
-            return ids
-        # PostgreSQL: the ids are drawn from the table's own sequence in one round
-        # trip, then the rows go in one executemany (pipelined by psycopg). A multi-row
-        # INSERT ... RETURNING instead made psycopg parse a statement of hundreds of
-        # parameters again for every 100 rows: a third of the client's time.
-        drawn = self.conn.execute(
-            text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
-            {"t": self.conn.dialect.identifier_preparer.format_table(table), "n": len(rows)},
-        ).scalars()
-        ids = sorted(drawn)  # in row order, as the rows' own INSERT would give them
-        self.conn.execute(insert(table), [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
+        else:
+            # PostgreSQL: drawn from the table's own sequence in one round trip, so the
+            # rows go in one executemany (pipelined by psycopg). A multi-row INSERT ...
+            # RETURNING instead made psycopg parse a statement of hundreds of parameters
+            # again for every 100 rows: a third of the client's time.
+            drawn = self.conn.execute(
+                text(
+                    "SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"
+                ),
+                {"t": self.conn.dialect.identifier_preparer.format_table(table), "n": len(rows)},
+            ).scalars()
+            ids = sorted(drawn)  # in row order, as the rows' own INSERT would give them
+        insert_rows(self.conn, table, [{**r, "id": i} for r, i in zip(rows, ids, strict=True)])
         return ids
 
     def _insert_events_and_links(self) -> None:

@@ -21,7 +21,7 @@ CONFIG = (
 
 
 class FakeImap:
-    """imaplib's connection as uid_fetch uses it, replaying a server's bytes."""
+    """imaplib's connection as send_fetch and read_fetch use it, replaying a server's bytes."""
 
     def __init__(self, response: bytes) -> None:
         self.stream = io.BytesIO(response)
