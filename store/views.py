@@ -304,7 +304,9 @@ def search_ticket_ids(session: Session, words: str) -> Select[Any]:
     return (
         select(Message.ticket_id)
         .where(
-            text("messages.search_vector @@ plainto_tsquery('simple', :fts)").bindparams(fts=words)
+            text("messages.search_vector @@ plainto_tsquery('deskq_words', :fts)").bindparams(
+                fts=words
+            )
         )
         .distinct()
     )

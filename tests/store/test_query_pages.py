@@ -1009,19 +1009,8 @@ def test_non_ascii_case_folding(db: Database) -> None:
         assert _ids(w, text) == [tid], text
 
 
-def test_search_words_match_alike_on_both_backends(
-    db: Database, request: pytest.FixtureRequest
-) -> None:
-    if not db.is_sqlite:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: search differs between backends: SQLite's FTS5 tokenizer folds "
-                "diacritics (remove_diacritics 2) but PostgreSQL's 'simple' config does "
-                "not, so 'cafe' finds 'Café' only on SQLite (the migration promises the "
-                "same words find the same tickets on both)",
-            )
-        )
+def test_search_words_match_alike_on_both_backends(db: Database) -> None:
+    """Accents fold on both backends (SQLite's remove_diacritics, PostgreSQL's unaccent)."""
     with db.write() as s:
         sync_queues(s, parse_settings(CONFIG))
         queue = s.scalars(select(Queue).where(Queue.key == "it")).one()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +16,7 @@ from store.db import Database, DatabaseError
 from store.models import Direction, Event, Message, Person, Priority, Queue, Status, Ticket
 from store.views import iter_tickets, ticket_detail
 from store.workspace import open_workspace, sync_queues
+from tests.servers import PostgresCluster
 
 CONFIG = """
 me = "alice@corp.example"
@@ -109,6 +111,38 @@ def test_upgrade_and_downgrade_round_trip(db_url: str) -> None:
     assert migrate.upgrade(db.engine) is True
     assert migrate.upgrade(db.engine) is False
     db.close()
+
+
+@pytest.mark.postgres
+def test_upgrade_names_the_fix_when_search_cannot_fold_accents(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """A role that may build the schema but not create the unaccent extension."""
+    import psycopg
+
+    tag = uuid.uuid4().hex[:8]
+    name, role = f"noext_{tag}", f"builder_{tag}"
+    pg_cluster.create_database(name)
+    admin = pg_cluster.url(name)
+    with psycopg.connect(admin.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+    try:
+        with pytest.raises(DatabaseError, match="CREATE EXTENSION unaccent") as refused:
+            Database.open(admin.replace("postgres@", f"{role}@", 1))
+        assert "permission denied" in str(refused.value)
+        with psycopg.connect(admin.replace("+psycopg", ""), autocommit=True) as conn:
+            # Nothing half-done: the whole upgrade was one transaction.
+            assert conn.execute("SELECT to_regclass('public.tickets')").fetchone() == (None,)
+            conn.execute("CREATE EXTENSION unaccent")  # the fix the message names
+        db = Database.open(admin.replace("postgres@", f"{role}@", 1))
+        with db.engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.SCHEMA_HEAD
+        db.close()
+    finally:
+        pg_cluster.drop_database(name)
+        with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_sqlite_pragmas(sqlite_url: str) -> None:
