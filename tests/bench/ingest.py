@@ -8,7 +8,10 @@ HTML-only, some with attachments, some threaded replies) and measures in one run
   (c) the delay from APPEND to the ticket being committed, with IDLE (``deskq poll``);
   (d) peak memory of (b), and of a larger backlog to show it stays flat;
   (e) (a) and (b) again through a relay that behaves like a network link (by default
-      200 Mbit/s with 5 ms each way): a mail server is rarely on the same machine.
+      200 Mbit/s with 5 ms each way): a mail server is rarely on the same machine;
+  (f) where (b)'s time goes: deskq's own fetch-and-parse pipeline with a stand-in that
+      stores nothing (after start-up), and ``deskq poll --once`` with nothing new
+      (start-up and one SEARCH).
 
 Prints one JSON line. Usage: python tests/bench/ingest.py [--messages N] [--backlog N]
 Targets: (b) >= 2,000 msg/s and >= 0.2 of (a); (c) p50 <= 1.0 s; backlog of 100,000
@@ -150,6 +153,49 @@ def poll_once(config: Path, password: str) -> tuple[float, int]:
     return float(seconds), int(rss)
 
 
+# (f): deskq's IMAP pass (fetch ahead, parse worker) with an ingestor that stores nothing.
+STORE_NOTHING = """
+import dataclasses, sys, time
+from pathlib import Path
+started = time.perf_counter()
+from mail import pipeline
+from mail.imap import ImapSource
+from mail.ingest import Ingestor, Outcome
+from store.config import load_settings
+from store.workspace import open_workspace
+
+class StoreNothing(Ingestor):
+    def store_batch(self, batch, **_):
+        return [Outcome(p.item.uid, "new") for p in batch]
+
+settings = load_settings(Path(sys.argv[1]))
+workspace = open_workspace(settings)
+pipeline.tune_for_bulk()
+mailbox = dataclasses.replace(settings.mailbox[0], after="none")
+source = ImapSource(mailbox, settings, StoreNothing(settings, workspace.db))
+ready = time.perf_counter()
+done = len(source.pass_once())
+print(done, time.perf_counter() - ready, ready - started)
+"""
+
+
+def store_nothing(config: Path, password: str) -> tuple[int, float, float]:
+    """(messages, seconds of the pass, seconds of start-up) of (f)'s stand-in."""
+    env = {**os.environ, "BENCH_IMAP_PASSWORD": password}
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", STORE_NOTHING, str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"(f) failed: {done.stderr[-2000:]}")
+    count, seconds, start = done.stdout.split()
+    return int(count), float(seconds), float(start)
+
+
 def count_raw(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT count(*) FROM raw_sources").fetchone()[0])
@@ -215,6 +261,20 @@ def main() -> None:
             poll_once_msgs_per_s=round(rate),
             ratio_to_fetch=round(rate / ceiling, 3),
             peak_rss_mb=round(rss / 1024, 1),
+        )
+        # (f) The same pass storing nothing, and a pass with nothing new.
+        parse_only = work / "parse-only"
+        parse_only.mkdir()
+        count, pass_seconds, start_seconds = store_nothing(
+            write_config(parse_only, dovecot, user), password
+        )
+        assert count == args.messages, (count, args.messages)
+        empty_seconds, _ = poll_once(run / "config.toml", password)
+        result.update(
+            store_nothing_msgs_per_s=round(count / pass_seconds),
+            store_nothing_ratio_to_fetch=round(count / pass_seconds / ceiling, 3),
+            store_nothing_startup_s=round(start_seconds, 2),
+            nothing_new_poll_once_s=round(empty_seconds, 2),
         )
         if args.link_mbit:
             with link(dovecot.imap_port, args.link_mbit, args.link_latency_ms) as relay:
