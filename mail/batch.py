@@ -425,7 +425,7 @@ class Batch:
             "subject": parsed.subject,
             "date": parsed.date,
             "text_body": parsed.text,
-            "html_body": parsed.html,
+            "has_html": p.has_html,
         }
         if found is not None and found[2]:
             state, how, _ = found

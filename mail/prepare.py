@@ -38,6 +38,8 @@ class Prepared:
     sha256: str
     compressed: bytes
     too_large: bool = False
+    # Whether it had an HTML part (the HTML is not kept apart from the raw source).
+    has_html: bool = False
 
 
 def prepare(item: Incoming, max_bytes: int) -> Prepared:
@@ -49,6 +51,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
         parsed.text, parsed.html, parsed.attachments = "", None, []
     else:
         parsed = parse(raw)
+    has_html, parsed.html = parsed.html is not None, None  # not stored: not sent back either
     return Prepared(
         item=item,
         parsed=parsed,
@@ -56,6 +59,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
         sha256=hashlib.sha256(raw).hexdigest(),
         compressed=zlib.compress(raw, 1),
         too_large=too_large,
+        has_html=has_html,
     )
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -312,7 +313,9 @@ class Message(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     date: Mapped[datetime | None]
     text_body: Mapped[str] = mapped_column(Text, default="")
-    html_body: Mapped[str | None] = mapped_column(Text)
+    # Whether the email had an HTML part. The HTML itself is not copied here: it is in
+    # the raw source (kept, compressed), and it is often ten times the size of the text.
+    has_html: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     threaded_by: Mapped[str] = mapped_column(String(200), default="")
     raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_sources.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -403,7 +403,7 @@ def ticket_detail(session: Session, ticket_id: int) -> TicketDetail | None:
                 message_id=m.message_id,
                 in_reply_to=m.in_reply_to,
                 text=m.text_body,
-                has_html=m.html_body is not None,
+                has_html=m.has_html,
                 threaded_by=m.threaded_by,
                 attachments=tuple(attachments.get(m.id, ())),
             )

@@ -203,12 +203,11 @@ class _Ticket:
         """Append a message row at the current time (it gets its id when the chunk ends)."""
         g, rng = self.g, self.g.rng
         row = {"ticket_id": self.tid, "direction": direction, "author_id": author}
-        row |= {"in_reply_to": None, "references": None, "cc_addrs": "", "html_body": None}
+        row |= {"in_reply_to": None, "references": None, "cc_addrs": "", "has_html": False}
         row |= {"date": self.t - rng.uniform(1, 90), "created_at": self.t, "text_body": body}
         row["message_id"] = f"<{rng.getrandbits(64):016x}@mail.corp.example>"
         row["from_addr"] = g.named[author - 1]
-        if rng.random() < 0.1:
-            row["html_body"] = "<html><body><p>" + body.replace("\n\n", "<p>") + "</body></html>"
+        row["has_html"] = rng.random() < 0.1
         g.rows["messages"].append(row | extra)
         return g.rows["messages"][-1]
 

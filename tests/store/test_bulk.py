@@ -80,7 +80,7 @@ CASES: list[tuple[Any, list[dict[str, Any]]]] = [
                 "in_reply_to": None,
                 "from_addr": "A <a@b.example>",
                 "text_body": "caf\u00e9\n\x01",
-                "html_body": None,
+                "has_html": False,
                 "date": None,
                 "created_at": WHEN,
             }

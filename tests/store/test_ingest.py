@@ -44,6 +44,7 @@ from store.models import (
     TicketFlag,
     TicketLink,
 )
+from store.views import ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
 from tests.conftest import TEMPLATE_DB
@@ -971,6 +972,47 @@ def test_attachments_are_stored_once_per_content(desk: Desk) -> None:
     assert sorted(r.filename for r in rows) == ["copy.pdf", "report.pdf"]
     assert {(r.size, r.sha256) for r in rows} == {(len(pdf), hashlib.sha256(pdf).hexdigest())}
     assert blob is not None and zlib.decompress(blob.data) == pdf and blob.size == len(pdf)
+
+
+def _mail_with_html(n: int, html: str | None, plain: str | None) -> bytes:
+    head = (
+        f"From: Bob <bob@corp.example>\nTo: it-help@corp.example\nSubject: VPN {n}\n"
+        f"Message-ID: <html-{n}@corp.example>\nMIME-Version: 1.0\n"
+    )
+    if html is None:
+        return (head + f"Content-Type: text/plain\n\n{plain}\n").encode()
+    if plain is None:
+        return (head + f"Content-Type: text/html\n\n{html}\n").encode()
+    return (
+        head + 'Content-Type: multipart/alternative; boundary="A"\n\n'
+        f"--A\nContent-Type: text/plain\n\n{plain}\n"
+        f"--A\nContent-Type: text/html\n\n{html}\n--A--\n"
+    ).encode()
+
+
+def test_html_is_flagged_and_kept_in_the_raw_source_only(desk: Desk) -> None:
+    html = "<p>The <b>VPN</b> drops every hour.</p>" + "<div class='x'></div>" * 300
+    both = desk.deliver(_mail_with_html(1, html, "The VPN drops every hour.")).tickets[0]
+    html_only = desk.deliver(_mail_with_html(2, html, None)).tickets[0]
+    plain = desk.deliver(_mail_with_html(3, None, "Plain text only.")).tickets[0]
+    shown = {}
+    for tid in (both, html_only, plain):
+        with desk.ws.db.session() as s:
+            detail = ticket_detail(s, tid)
+        assert detail is not None
+        message = detail.messages[0]  # then the acknowledgement
+        shown[tid] = (message.has_html, message.text.strip())
+    assert shown == {
+        both: (True, "The VPN drops every hour."),
+        html_only: (True, "The VPN drops every hour."),
+        plain: (False, "Plain text only."),
+    }
+    # The HTML is in each raw source, and in no column of the message.
+    raws = desk.raws()
+    assert [html.encode() in zlib.decompress(r.data) for r in raws] == [True, True, False]
+    with desk.ws.db.session() as s:
+        rows = s.execute(text("SELECT * FROM messages")).mappings().all()
+    assert not any("<div" in str(v) for row in rows for v in row.values())
 
 
 # --------------------------------------------------------------------------- corpus

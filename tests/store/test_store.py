@@ -113,6 +113,37 @@ def test_upgrade_and_downgrade_round_trip(db_url: str) -> None:
     db.close()
 
 
+def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
+    """Migration 0010: messages of an older database keep whether they had HTML."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    db = Database.open(db_url)
+    _setup(db)
+    tid = _new_ticket(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM messages"))  # only the two below
+        command.downgrade(migrate.alembic_config(conn), "0009")
+    with db.engine.begin() as conn:
+        for body, html in (("with", "<p>with</p>"), ("without", None)):
+            conn.execute(
+                text(
+                    "INSERT INTO messages (ticket_id, direction, from_addr, to_addrs, cc_addrs, "
+                    "subject, text_body, html_body, threaded_by, created_at) VALUES "
+                    "(:t, 'inbound', '', '', '', '', :body, :html, '', CURRENT_TIMESTAMP)"
+                ),
+                {"t": tid, "body": body, "html": html},
+            )
+    assert migrate.upgrade(db.engine) is True
+    with db.session() as s:
+        flags = dict(s.execute(select(Message.text_body, Message.has_html)).all())
+    assert flags == {"with": True, "without": False}
+    with db.engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("messages")}
+    assert "has_html" in columns and "html_body" not in columns
+    db.close()
+
+
 @pytest.mark.postgres
 def test_upgrade_names_the_fix_when_search_cannot_fold_accents(
     pg_cluster: PostgresCluster,
