@@ -314,7 +314,7 @@ class Message(Base):
     date: Mapped[datetime | None]
     text_body: Mapped[str] = mapped_column(Text, default="")
     # Whether the email had an HTML part. The HTML itself is not copied here: it is in
-    # the raw source (kept, compressed), and it is often ten times the size of the text.
+    # the raw source (kept, compressed), and is often several times the size of the text.
     has_html: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     threaded_by: Mapped[str] = mapped_column(String(200), default="")
     raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_sources.id"), index=True)

@@ -5,7 +5,7 @@ Revises: 0009
 Create Date: 2026-11-24 16:10:00
 
 ``messages.html_body`` held a second, uncompressed copy of each email's HTML part,
-read only to say whether there was one. Mail clients send HTML several times the
+read only to say whether there was one. HTML parts are often several times the
 size of the text, and the raw source (kept, compressed) has it anyway. The column
 becomes a flag, ``has_html``.
 
