@@ -532,9 +532,9 @@ def _internaldate(value: bytes) -> datetime | None:
     offset = timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
     try:
         local = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
+        return local - offset if m.group(7) == b"+" else local + offset
+    except (ValueError, OverflowError):  # e.g. 31-Feb, or year 9999 with a negative offset
         return None
-    return local - offset if m.group(7) == b"+" else local + offset
 
 
 def _is_news(response: Any) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +34,21 @@ CTIME_MARGIN_NS = 50_000_000
 Progress = Callable[[str, int, int], None]
 
 
+def _delivery_time(path: Path) -> datetime | None:
+    """When the file was delivered (its mtime); None if unknown or impossible."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except (OSError, ValueError, OverflowError):  # gone meanwhile, or a year like 33658
+        return None
+
+
+def _ctime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_ctime_ns
+    except OSError:
+        return 0
+
+
 class MaildirError(Exception):
     """The Maildir cannot be used (missing, not a Maildir, unreadable)."""
 
@@ -48,9 +63,13 @@ class MaildirSource:
         self.handled: set[str] = set()
 
     def pending(
-        self, since_ns: int = -1, skip: set[str] | frozenset[str] = frozenset()
+        self,
+        since_ns: int = -1,
+        skip: set[str] | frozenset[str] = frozenset(),
+        exclude: Container[str] = frozenset(),
     ) -> list[Path]:
-        """Files waiting in new/, and those in cur/ changed since ``since_ns``; oldest first."""
+        """Files waiting in new/, and those in cur/ changed since ``since_ns`` (but not
+        ``skip``); oldest first. Names in ``exclude`` are left out of both."""
         new = self.root / "new"
         if not new.is_dir():
             raise MaildirError(
@@ -63,9 +82,14 @@ class MaildirSource:
                 continue
             with os.scandir(self.root / folder) as it:
                 for entry in it:
-                    if entry.name.startswith(".") or not entry.is_file():
+                    if entry.name.startswith(".") or entry.name in exclude:
                         continue
-                    info = entry.stat()
+                    if not entry.is_file():
+                        continue
+                    try:
+                        info = entry.stat()
+                    except FileNotFoundError:  # renamed by another reader meanwhile
+                        continue
                     if folder == "cur" and (info.st_ctime_ns < since_ns or entry.name in skip):
                         continue
                     entries.append((info.st_mtime_ns, entry.name, Path(entry.path)))
@@ -82,13 +106,16 @@ class MaildirSource:
         """
         outcomes: list[Outcome] = []
         since, skip = self._watermark(), self.handled
+        unreadable: dict[Path, int] = {}  # files this pass could not read: their ctime
         while True:
             scan_started = time.time_ns() - CTIME_MARGIN_NS
-            files = self.pending(since, skip)
+            files = self.pending(since, skip, {path.name for path in unreadable})
             if not files:
-                self._set_watermark(scan_started)
+                # An unreadable file in cur/ must stay after the watermark, to be tried again.
+                held = [ctime for path, ctime in unreadable.items() if path.parent.name == "cur"]
+                self._set_watermark(min([scan_started, *held]))
                 return outcomes
-            produced, stopped = self._store_files(files, outcomes, progress, stop)
+            produced, stopped = self._store_files(files, outcomes, progress, stop, unreadable)
             self.handled = produced
             if stopped:
                 return outcomes
@@ -103,6 +130,7 @@ class MaildirSource:
         outcomes: list[Outcome],
         progress: Progress | None,
         stop: Callable[[], bool] | None,
+        unreadable: dict[Path, int],
     ) -> tuple[set[str], bool]:
         size = self.settings.ingest.batch_size
         paths: list[list[Path]] = []
@@ -114,9 +142,18 @@ class MaildirSource:
                 for path in files[start : start + size]:
                     try:
                         raw = path.read_bytes()
-                        delivered = datetime.fromtimestamp(path.stat().st_mtime, UTC)
                     except FileNotFoundError:  # taken by another reader meanwhile
                         continue
+                    except OSError as exc:  # permissions, I/O error: the others go on
+                        log.error(
+                            "mailbox %s: cannot read %s (%s); left in place, tried again next pass",
+                            self.mailbox.name,
+                            path,
+                            exc,
+                        )
+                        unreadable[path] = _ctime_ns(path)
+                        continue
+                    delivered = _delivery_time(path)
                     items.append(
                         Incoming(raw=raw, mailbox=self.mailbox.name, received_at=delivered)
                     )

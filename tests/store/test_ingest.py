@@ -346,6 +346,47 @@ def test_a_failing_batch_leaves_its_files_and_later_ones_in_new(
     assert desk.count(RawSource) == desk.count(Ticket) == 5
 
 
+def test_an_unreadable_file_does_not_hold_up_the_others(
+    make_desk: Callable[..., Desk],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    desk = make_desk(sqlite_url, batch_size=2)
+    good = [desk.drop(email(subject=f"Request {n}")) for n in range(3)]
+    bad = desk.drop(email(subject="Unreadable"))
+    odd = desk.drop(email(subject="Delivered in the year 33658"))
+    os.utime(odd, ns=(10**21, 10**21))
+    read_bytes = Path.read_bytes
+    refused = {bad.name}
+
+    def refuse(path: Path) -> bytes:
+        if path.name in refused:  # (chmod 000 does not stop root, who runs CI)
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket"] * 4
+    assert desk.files("new") == [bad.name]  # left in place, tried again next pass
+    assert desk.files("cur") == sorted(f"{p.name}:2,S" for p in [*good, odd])
+    assert f"cannot read {bad}" in caplog.text
+    later = desk.drop(email(subject="Later"))
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]
+    assert desk.files("new") == [bad.name] and f"{later.name}:2,S" in desk.files("cur")
+    # Mail delivered straight into cur/ (mbsync) that cannot be read is tried again too,
+    # though the pass moved on: the watermark stays before it.
+    in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
+    in_cur.write_bytes(email(subject="Read on the server already"))
+    refused.add(in_cur.name)
+    assert desk.poll() == []
+    time.sleep(0.1)
+    assert desk.poll() == []
+    monkeypatch.undo()  # readable again: stored by the next pass
+    assert sorted(o.disposition for o in desk.poll()) == ["new-ticket"] * 2
+    assert desk.files("new") == [] and desk.count(RawSource) == 7
+
+
 def test_replies_thread_across_batches(make_desk: Callable[..., Desk], sqlite_url: str) -> None:
     desk = make_desk(sqlite_url, batch_size=1)
     first = email()

@@ -109,3 +109,6 @@ def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
     )
     assert _internaldate(b"31-Feb-2026 00:00:00 +0000") is None
     assert _internaldate(b"garbage") is None
+    # At the edge of the range the offset overflows: no date, not a failed batch.
+    assert _internaldate(b"31-Dec-9999 23:59:59 -1200") is None
+    assert _internaldate(b"01-Jan-0001 00:00:00 +0100") is None
