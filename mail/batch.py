@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import formataddr, getaddresses
+from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, text, update
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
-from mail.parse import one_line
+from mail.parse import display_address, display_addresses, one_line
 from store import clocks
 from store.bulk import insert_rows
 from store.models import (
@@ -68,7 +68,7 @@ def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]
 
 
 def _fmt(addresses: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(formataddr(a) for a in addresses)
+    return display_addresses(addresses)
 
 
 def _insert_skipping(session: Session, model: Any, key: str) -> Any:
@@ -417,7 +417,7 @@ class Batch:
             "in_reply_to": " ".join(parsed.in_reply_to) or None,
             "references": " ".join(parsed.references) or None,
             "author_id": sender_id,
-            "from_addr": formataddr((parsed.from_name, parsed.from_addr))
+            "from_addr": display_address(parsed.from_name, parsed.from_addr)
             if parsed.from_addr
             else "",
             "to_addrs": _fmt(parsed.to),

@@ -46,6 +46,18 @@ NOT_THE_MAIL = (
     SetupError,
     LeaseLost,
 )
+# ...except these SQLSTATE classes, which an email's content causes: 54, "program limit
+# exceeded" (an index entry or search vector too large), which psycopg reports as an
+# OperationalError. Retrying would fail the same way, forever.
+_CONTENT_SQLSTATES = ("54",)
+
+
+def not_the_mail(exc: BaseException) -> bool:
+    """Whether a failure to store says nothing about the email (the batch is retried)."""
+    if not isinstance(exc, NOT_THE_MAIL):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return not (isinstance(sqlstate, str) and sqlstate.startswith(_CONTENT_SQLSTATES))
 
 
 @dataclass
@@ -95,9 +107,9 @@ class Ingestor:
             try:
                 with session.begin_nested():
                     outcomes = Batch(self, session, default_queue).run(batch)
-            except NOT_THE_MAIL:
-                raise  # the database or the setup, not the mail: the batch is retried later
-            except Exception:
+            except Exception as exc:
+                if not_the_mail(exc):
+                    raise  # the database or the setup, not the mail: retried later
                 log.exception("mailbox %s: batch failed; storing its messages one by one", mailbox)
                 outcomes = [self._store_alone(session, p, default_queue) for p in batch]
             uids = [p.item.uid for p in batch if p.item.uid is not None]
@@ -113,9 +125,9 @@ class Ingestor:
         try:
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
-        except NOT_THE_MAIL:
-            raise
         except Exception as exc:
+            if not_the_mail(exc):
+                raise
             log.exception(
                 "message uid=%s could not be stored; keeping it as parse-error", p.item.uid
             )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from email.utils import formataddr
 
 from sqlalchemy.orm import Session
 
 from mail import compose, templates
+from mail.parse import display_address
 from store import outbox, services
 from store.config import QueueSettings, Settings
 from store.models import Direction, Message, Queue, Ticket, utcnow
@@ -81,8 +81,8 @@ def queue_automatic_reply(
         message_id=message_id,
         in_reply_to=answered.message_id,
         references=" ".join(references) or None,
-        from_addr=formataddr((queue.name, queue.address)),
-        to_addrs=formataddr((to_name, to_addr)),
+        from_addr=display_address(queue.name, queue.address),
+        to_addrs=display_address(to_name, to_addr),
         subject=subject,
         date=now,
         text_body=body,

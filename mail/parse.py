@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -31,6 +32,8 @@ from mail.mimeparse import message_from_bytes
 log = logging.getLogger(__name__)
 
 MAX_FILENAME_BYTES = 200
+# A subject is a line; beyond this it is garbage or an attack (the raw source keeps it).
+MAX_SUBJECT = 2000
 _MSGID = re.compile(r"<[^<>\s]+>")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _EXTENSIONS = {
@@ -123,18 +126,28 @@ def one_line(value: str) -> str:
     return " ".join(_CONTROL.sub("", clean_text(value)).split())
 
 
+# Real Message-IDs are well under 100 characters. Longer ones are cut (the same way
+# wherever one is read, so threading still matches): an index entry has a size limit
+# (PostgreSQL: 2,704 bytes, which 400 characters of 4-byte UTF-8 stay under).
+MAX_MESSAGE_ID = 400
+
+
+def _bounded_id(value: str) -> str:
+    return value if len(value) <= MAX_MESSAGE_ID else value[: MAX_MESSAGE_ID - 1] + ">"
+
+
 def message_ids(value: str) -> tuple[str, ...]:
     """Every ``<id>`` in a Message-ID / In-Reply-To / References value, in order."""
-    return tuple(dict.fromkeys(_MSGID.findall(value or "")))
+    return tuple(dict.fromkeys(map(_bounded_id, _MSGID.findall(value or ""))))
 
 
 def normalise_message_id(value: str) -> str | None:
     """One Message-ID in ``<...>`` form, or None."""
     found = message_ids(value)
     if found:
-        return found[0][:998]
+        return found[0]
     value = one_line(value).strip("<> ")
-    return f"<{value[:990]}>" if value and " " not in value else None
+    return _bounded_id(f"<{value}>") if value and " " not in value else None
 
 
 def safe_filename(name: str, media_type: str, index: int) -> str:
@@ -271,6 +284,30 @@ def _header(headers: dict[str, list[str]], name: str, hint: Hint = None) -> str:
     """A header's first value, decoded ('' if absent)."""
     values = headers.get(name)
     return decode_header_value(values[0], hint) if values else ""
+
+
+_NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]')
+_QUOTED_SPECIALS = re.compile(r'[\\"]')
+
+
+def display_address(name: str, address: str) -> str:
+    """``Name <address>`` as people read it: what deskq stores and shows.
+
+    Unlike ``email.utils.formataddr`` (which makes a header value) a name beyond ASCII
+    stays readable instead of becoming an RFC 2047 word, and an internationalised
+    address (RFC 6532) is not an error. Quotes as in a header where the name needs them,
+    so ``getaddresses`` reads the text back into the same pair.
+    """
+    if not name:
+        return address
+    if _NEEDS_QUOTES.search(name):
+        name = '"' + _QUOTED_SPECIALS.sub(r"\\\g<0>", name) + '"'
+    return f"{name} <{address}>"
+
+
+def display_addresses(pairs: Iterable[tuple[str, str]]) -> str:
+    """A list of (name, address) pairs as one readable, comma-separated text."""
+    return ", ".join(display_address(name, address) for name, address in pairs)
 
 
 def _addresses(
@@ -510,6 +547,7 @@ def parse(raw: bytes) -> ParsedMessage:
                 if found:
                     p.from_name, p.from_addr = found[0]
             p.message_id = p.message_id or normalise_message_id(_header(head, "message-id"))
+            p.subject = p.subject[:MAX_SUBJECT]
     return p
 
 
@@ -550,6 +588,9 @@ def _fill(msg: Message, p: ParsedMessage) -> None:
     p.in_reply_to = message_ids(_header(h, "in-reply-to"))
     p.references = message_ids(_header(h, "references"))
     p.subject = _header(h, "subject", hint)
+    if len(p.subject) > MAX_SUBJECT:
+        p.problems.append(f"subject of {len(p.subject):,} characters cut to {MAX_SUBJECT:,}")
+        p.subject = p.subject[:MAX_SUBJECT]
     senders = _addresses(h, "from", hint) or _addresses(h, "sender", hint)
     if senders:
         p.from_name, p.from_addr = senders[0]

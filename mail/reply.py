@@ -13,7 +13,7 @@ import mimetypes
 import textwrap
 import zlib
 from dataclasses import dataclass, field
-from email.utils import formataddr, getaddresses
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from mail import compose as mailcompose
 from mail import templates
 from mail.batch import _insert_skipping
+from mail.parse import display_address, display_addresses
 from mail.quotes import own_text
 from store import outbox, services
 from store.config import Settings
@@ -314,9 +315,9 @@ def queue(session: Session, settings: Settings, draft: Draft, actor: Person) -> 
         message_id=message_id,
         in_reply_to=draft.in_reply_to,
         references=" ".join(draft.references) or None,
-        from_addr=formataddr((from_name, queue_row.address)),
-        to_addrs=", ".join(formataddr(a) for a in draft.to),
-        cc_addrs=", ".join(formataddr(a) for a in draft.cc),
+        from_addr=display_address(from_name, queue_row.address),
+        to_addrs=display_addresses(draft.to),
+        cc_addrs=display_addresses(draft.cc),
         subject=draft.subject,
         date=now,
         text_body=draft.body,

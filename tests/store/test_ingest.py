@@ -1056,6 +1056,20 @@ def test_html_is_flagged_and_kept_in_the_raw_source_only(desk: Desk) -> None:
     assert not any("<div" in str(v) for row in rows for v in row.values())
 
 
+def test_names_beyond_ascii_are_stored_as_people_read_them(desk: Desk) -> None:
+    raw = email(
+        frm="=?utf-8?q?M=C3=BCller=2C_Jos=C3=A9?= <jose@corp.example>",
+        to="=?utf-8?b?5byg5Lyf?= <it@corp.example>, Zoë <zoe@corp.example>",
+    )
+    tid = desk.deliver(raw).tickets[0]
+    message = desk.messages(tid)[0]
+    assert message.from_addr == '"Müller, José" <jose@corp.example>'
+    assert message.to_addrs == "张伟 <it@corp.example>, Zoë <zoe@corp.example>"
+    # An internationalised address (RFC 6532) is stored too, not a failed batch.
+    tid = desk.deliver(email(frm="Łukasz <łukasz@corp.example>", subject="EAI")).tickets[0]
+    assert desk.messages(tid)[0].from_addr == "Łukasz <łukasz@corp.example>"
+
+
 # --------------------------------------------------------------------------- corpus
 
 

@@ -144,6 +144,43 @@ def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
     db.close()
 
 
+def test_upgrade_makes_stored_addresses_readable(db_url: str) -> None:
+    """Migration 0011: names stored as RFC 2047 words are decoded, lists kept apart."""
+    from alembic import command
+
+    db = Database.open(db_url)
+    _setup(db)
+    tid = _new_ticket(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM messages"))
+        command.downgrade(migrate.alembic_config(conn), "0010")
+    stored = [
+        ("=?utf-8?q?M=C3=BCller=2C_Jos=C3=A9?= <jose@corp.example>", "plain@corp.example"),
+        ("Bob <bob@corp.example>", "=?utf-8?b?5byg5Lyf?= <a@x.example>, Zoe <z@x.example>"),
+        ("=?x-unknown?q?abc?= <odd@corp.example>", "=?utf-8?q?=FF?= <bad@x.example>"),
+    ]
+    with db.engine.begin() as conn:
+        for n, (frm, to) in enumerate(stored):
+            conn.execute(
+                text(
+                    "INSERT INTO messages (ticket_id, direction, from_addr, to_addrs, cc_addrs, "
+                    "subject, text_body, has_html, threaded_by, created_at) VALUES "
+                    "(:t, 'inbound', :frm, :to, '', :n, '', false, '', CURRENT_TIMESTAMP)"
+                ),
+                {"t": tid, "frm": frm, "to": to, "n": str(n)},
+            )
+    assert migrate.upgrade(db.engine) is True
+    with db.session() as s:
+        rows = s.execute(select(Message.from_addr, Message.to_addrs).order_by(Message.subject))
+        assert [tuple(r) for r in rows] == [
+            ('"Müller, José" <jose@corp.example>', "plain@corp.example"),
+            ("Bob <bob@corp.example>", "张伟 <a@x.example>, Zoe <z@x.example>"),
+            # what does not decode (unknown charset, bytes not UTF-8) stays as it was
+            ("=?x-unknown?q?abc?= <odd@corp.example>", "=?utf-8?q?=FF?= <bad@x.example>"),
+        ]
+    db.close()
+
+
 @pytest.mark.postgres
 def test_upgrade_names_the_fix_when_search_cannot_fold_accents(
     pg_cluster: PostgresCluster,

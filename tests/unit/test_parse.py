@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import unicodedata
 from datetime import UTC, datetime
+from email.utils import getaddresses
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,10 +16,14 @@ from hypothesis import strategies as st
 
 from mail.parse import (
     MAX_FILENAME_BYTES,
+    MAX_MESSAGE_ID,
+    MAX_SUBJECT,
     ParsedMessage,
     clean_text,
     content_identity,
     decode_bytes,
+    display_address,
+    display_addresses,
     parse,
     safe_filename,
 )
@@ -879,3 +884,43 @@ def test_corpus_broken_encodings_still_give_text() -> None:
     assert p.text.strip() and any("unknown charset" in problem for problem in p.problems)
     p = _corpus("email_issue_82.eml")
     assert p.text.strip() and "\ufffd" not in p.text
+
+
+# ------------------------------------------------------------- addresses as stored
+
+
+@given(
+    name=st.text(
+        st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="\x7f"),
+        max_size=30,
+    ).map(lambda s: " ".join(s.split())),
+    local=st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,15}", fullmatch=True),
+)
+def test_a_stored_address_reads_back_as_the_same_pair(name: str, local: str) -> None:
+    address = f"{local}@corp.example"
+    text = display_address(name, address)
+    assert getaddresses([text]) == [(name, address)]
+    assert "=?" not in text or "=?" in name  # readable, never an RFC 2047 word
+    pairs = [(name, address), ("Müller, José", "jose@corp.example")]
+    assert getaddresses([display_addresses(pairs)]) == pairs
+
+
+def test_names_and_addresses_beyond_ascii_are_stored_readable() -> None:
+    assert display_address("José Müller", "jose@corp.example") == "José Müller <jose@corp.example>"
+    assert display_address("张伟", "张伟@例子.中国") == "张伟 <张伟@例子.中国>"  # RFC 6532
+    assert display_address("Doe, Jane", "j@x.example") == '"Doe, Jane" <j@x.example>'
+    assert display_address("", "j@x.example") == "j@x.example"
+
+
+def test_an_overlong_message_id_or_subject_is_cut_the_same_way_everywhere() -> None:
+    long_id = "<" + "é" * 900 + "@x.example>"
+    raw = (
+        f"From: a@x.example\nMessage-ID: {long_id}\nIn-Reply-To: {long_id}\n"
+        f"References: <a@x> {long_id}\nSubject: {'s' * 5000}\n\nbody\n"
+    ).encode()
+    p = parse(raw)
+    assert p.message_id is not None and len(p.message_id) == MAX_MESSAGE_ID
+    assert p.message_id.startswith("<éé") and p.message_id.endswith(">")
+    assert p.in_reply_to == (p.message_id,) and p.references == ("<a@x>", p.message_id)
+    assert p.subject == "s" * MAX_SUBJECT
+    assert f"subject of 5,000 characters cut to {MAX_SUBJECT:,}" in p.problems
