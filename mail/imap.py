@@ -44,6 +44,13 @@ class ImapError(Exception):
     """A mailbox problem worth a clear message (login refused, folder missing...)."""
 
 
+class ServerBye(IMAPClientAbortError):  # type: ignore[misc]
+    """The server ended the connection with a BYE in the middle of an answer."""
+
+
+FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"
+
+
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """A verifying TLS context (system CAs, or only ``ca_file`` when given)."""
     return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
@@ -154,6 +161,7 @@ class ImapSource:
         # Repeat until a SEARCH finds nothing new: mail that lands during a long pass is
         # announced only in replies to the pass's own commands, which imapclient drops.
         while True:
+            client = self.client or self._reopen()  # a message the server refused: reopened
             uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
             if not uids:
                 return outcomes
@@ -178,10 +186,10 @@ class ImapSource:
         committed: list[int] = []
 
         def after_committed() -> None:
-            if committed:
+            if committed and self.client is not None:  # (the connection may be a new one)
                 pending = committed[:]
                 committed.clear()  # tried once: if it fails, _finish_interrupted's turn
-                self._after(client, pending)
+                self._after(self.client, pending)
 
         line = _Line()
         fetched = self._fetch_ahead(client, chunks, after_committed, line)
@@ -220,12 +228,12 @@ class ImapSource:
         finally:
             batches.close()
             fetched.close()
-            if line.busy:
+            if line.busy and self.client is not None:
                 # Stopped or failed with a FETCH unanswered (or half read): reading a
                 # whole batch only to drop it could outlast a shutdown, and the next
                 # command would read its answer. The connection is dropped instead;
                 # the next one marks what was committed (_finish_interrupted).
-                self._abandon(client)
+                self._abandon(self.client)
             else:
                 try:
                     after_committed()
@@ -261,21 +269,74 @@ class ImapSource:
         """
         if not chunks:
             return
-        items = "(UID INTERNALDATE BODY.PEEK[])"
         line.busy = True
-        tag = send_fetch(client, _uid_set(chunks[0]), items)
+        tag = send_fetch(client, _uid_set(chunks[0]), FETCH_ITEMS)
         for index, chunk in enumerate(chunks):
             try:
-                data = read_fetch(client, tag, self.mailbox.name)
-            except ImapError:  # a tagged NO or BAD: the answer was read to its end
+                incoming = self._incoming(chunk, read_fetch(client, tag, self.mailbox.name))
+            except (ImapError, ServerBye) as exc:
+                # The server refused the batch (a tagged NO, or a BYE: Dovecot's answer
+                # to a message file it cannot read). One unreadable message must not
+                # hold up the others: they are fetched one by one.
                 line.busy = False
-                raise
+                if isinstance(exc, ServerBye):
+                    self._abandon(client)
+                incoming, client = self._fetch_singly(
+                    None if isinstance(exc, ServerBye) else client, chunk, exc
+                )
             line.busy = False
             between()
             if index + 1 < len(chunks):
                 line.busy = True
-                tag = send_fetch(client, _uid_set(chunks[index + 1]), items)
-            yield self._incoming(chunk, data)
+                tag = send_fetch(client, _uid_set(chunks[index + 1]), FETCH_ITEMS)
+            yield incoming
+
+    def _fetch_singly(
+        self, client: IMAPClient | None, chunk: list[int], refusal: Exception
+    ) -> tuple[list[Incoming], IMAPClient]:
+        """The messages of a refused FETCH, one at a time, on ``client`` or (after a BYE)
+        a new connection, which is returned. A message the server refuses twice on its
+        own is left in the folder, untouched, and logged; a lost connection (no answer
+        at all) still fails the pass."""
+        log.warning(
+            "mailbox %s: the server refused a FETCH of %d messages (%s); fetching them one by one",
+            self.mailbox.name,
+            len(chunk),
+            str(refusal)[:200],
+        )
+        found: list[Incoming] = []
+        for uid in chunk:
+            for attempt in (1, 2):
+                client = client or self._reopen()
+                try:
+                    tag = send_fetch(client, str(uid), FETCH_ITEMS)
+                    found += self._incoming([uid], read_fetch(client, tag, self.mailbox.name))
+                    break
+                except (ImapError, ServerBye) as exc:
+                    if isinstance(exc, ServerBye):
+                        self._abandon(client)
+                        client = None
+                    if attempt == 2:
+                        log.error(
+                            "mailbox %s: the server cannot return UID %d (%s); left "
+                            "untouched in %s for a person to look at",
+                            self.mailbox.name,
+                            uid,
+                            str(exc)[:200],
+                            self.mailbox.folder,
+                        )
+        return found, client or self._reopen()
+
+    def _reopen(self) -> IMAPClient:
+        """A new connection to the same folder, within one pass: UIDs must mean the same."""
+        validity = self.uidvalidity
+        client = self.connect()
+        if validity is not None and self.uidvalidity != validity:
+            raise ImapError(
+                f"mailbox {self.mailbox.name!r}: UIDVALIDITY changed during a pass "
+                f"({validity} -> {self.uidvalidity}); the next pass rescans the folder"
+            )
+        return client
 
     def _incoming(self, chunk: list[int], data: list[Any]) -> list[Incoming]:
         """The messages of a FETCH (BODY.PEEK[]: reading marks nothing), in UID order.
@@ -461,7 +522,7 @@ def read_fetch(client: IMAPClient, tag: bytes, name: str) -> list[Any]:
                     raise ImapError(f"mailbox {name!r}: FETCH failed: {line!r}"[:300])
                 return data
             if line[:5].upper() == b"* BYE":
-                raise IMAPClientAbortError(f"server closed the connection: {line!r}"[:300])
+                raise ServerBye(f"server closed the connection: {line!r}"[:300])
             wanted = _UNTAGGED_FETCH.match(line) is not None
             text = line[2:] if line.startswith(b"* ") else line
             while text.endswith(b"}") and (literal := _LITERAL.search(text)) is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from mail.imap import ImapError, ImapSource, _internaldate, _Line
+from mail.imap import ImapSource, _internaldate, _Line
 from store.config import parse_settings
 
 CONFIG = (
@@ -88,19 +88,51 @@ LATER = b"* 10 EXISTS\r\n"  # what the server says next, for the next command
 @pytest.mark.parametrize(
     ("response", "error", "left"),
     [
-        (b"A1 NO [SERVERBUG] Internal error\r\n" + LATER, ImapError, LATER),
-        (b"A1 BAD Error in IMAP command\r\n" + LATER, ImapError, LATER),
-        (b"* BYE Shutting down\r\n" + LATER, IMAPClientAbortError, LATER),
         (b"* 1 FETCH (UID 5 BODY[] {10}\r\nshort", IMAPClientAbortError, b""),  # cut off
+        (b"* 1 FETCH (UID 5 BODY[] {3}\r\none)\r\n", IMAPClientAbortError, b""),  # no end
     ],
 )
-def test_failures_raise(response: bytes, error: type[Exception], left: bytes) -> None:
+def test_a_lost_connection_fails_the_pass(
+    response: bytes, error: type[Exception], left: bytes
+) -> None:
     source, client = _source(response)
     with pytest.raises(error):
         _fetch(source, client, [5])
     assert client._imap.tagged_commands == {}
     # A failed answer is not read again (on a live socket that would wait forever).
     assert client._imap.stream.read() == left
+
+
+@pytest.mark.parametrize("refusal", [b"A1 NO [SERVERBUG] Internal error", b"A1 BAD Error"])
+def test_a_refused_batch_is_fetched_one_by_one(
+    refusal: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tagged NO or BAD is read once, and the batch's messages are asked for one at a
+    time: the one the server refuses twice is left (logged), the others come through."""
+    response = b"\r\n".join(
+        [
+            refusal,  # the batch
+            b"* 1 FETCH (UID 5 BODY[] {3}",  # UID 5 on its own
+            b"one)",
+            b"A1 OK done",
+            refusal,  # UID 6, twice
+            refusal,
+            b"* 3 FETCH (UID 7 BODY[] {5}",
+            b"three)",
+            b"A1 OK done",
+            LATER.rstrip(b"\r\n"),
+            b"",
+        ]
+    )
+    source, client = _source(response)
+    items = _fetch(source, client, [5, 6, 7])
+    assert [(i.uid, i.raw) for i in items] == [(5, b"one"), (7, b"three")]
+    assert client._imap.sent == [
+        b"A1 UID FETCH 5,6,7 (UID INTERNALDATE BODY.PEEK[])\r\n",
+        *(b"A1 UID FETCH %d (UID INTERNALDATE BODY.PEEK[])\r\n" % u for u in (5, 6, 6, 7)),
+    ]
+    assert "cannot return UID 6" in caplog.text
+    assert client._imap.stream.read() == LATER
 
 
 def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
