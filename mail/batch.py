@@ -151,19 +151,22 @@ class Batch:
         """Decide and write everything; returns one outcome per email, in order."""
         from mail.ingest import Outcome, arrival
 
-        fresh, outcomes = self._dedupe(batch)
+        fresh, outcomes, copies = self._dedupe(batch)
         # Claim every email first: one another process stored meanwhile is dropped
         # before any decision about it can touch a ticket.
         inserted = self._insert_raws([self._raw_row(p, "ticket") for p in fresh])
-        claimed = []
+        claimed, beaten = [], []
         for p in fresh:
             if p.identity in inserted:
                 claimed.append(p)
             else:
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate")
+                beaten.append(p)
+        # Stored by another process meanwhile (it committed: the claim waited for it).
+        copies += self._copies_stored_elsewhere(beaten)
         own = self._own_message_ids([p for p in claimed if p.parsed.fatal is None])
-        self._load_people(claimed)
-        self._prefetch_threads(claimed)
+        self._load_people([*claimed, *(p for p, _ in copies)])
+        self._prefetch_threads([*claimed, *(p for p, _ in copies)])
         dispositions: list[dict[str, Any]] = []
         for p in claimed:
             parsed = p.parsed
@@ -178,6 +181,12 @@ class Batch:
                 self.deliveries.append(d)
             outcomes[id(p)] = Outcome(p.item.uid, disposition)
             dispositions.append({"rid": inserted[p.identity], "disp": disposition})
+        for p, raw_id in copies:
+            # A copy of a stored email may name a queue the first copy did not (a Bcc
+            # seen only in each copy's Delivered-To): one ticket in each queue.
+            rid = raw_id if raw_id is not None else inserted.get(p.identity)
+            if rid is not None and self._deliver_copy(p, rid, arrival(p.item)):
+                outcomes[id(p)] = Outcome(p.item.uid, "new-ticket")
         if dispositions:
             self.conn.execute(
                 update(RAWS)
@@ -199,7 +208,12 @@ class Batch:
             result.append(outcome)
         return result
 
-    def _dedupe(self, batch: Sequence[Prepared]) -> tuple[list[Prepared], dict[int, Outcome]]:
+    def _dedupe(
+        self, batch: Sequence[Prepared]
+    ) -> tuple[list[Prepared], dict[int, Outcome], list[tuple[Prepared, int | None]]]:
+        """The emails not stored yet; the outcomes of the others ("duplicate"); and the
+        copies that name a queue, with their stored raw source's id (None: stored by
+        this batch), to check for a queue the stored email did not reach."""
         from mail.ingest import Outcome
 
         identities = list({p.identity for p in batch})
@@ -218,15 +232,59 @@ class Batch:
                     tickets_of.setdefault(rid or 0, set()).add(tid)
         fresh: list[Prepared] = []
         outcomes: dict[int, Outcome] = {}
+        copies: list[tuple[Prepared, int | None]] = []
         seen: set[str] = set()
         for p in batch:
             if p.identity in known or p.identity in seen:
                 tids = tickets_of.get(known.get(p.identity, -1), set())
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate", tuple(sorted(tids)))
+                if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed):
+                    copies.append((p, known.get(p.identity)))
             else:
                 seen.add(p.identity)
                 fresh.append(p)
-        return fresh, outcomes
+        return fresh, outcomes, copies
+
+    def _copies_stored_elsewhere(
+        self, beaten: Sequence[Prepared]
+    ) -> list[tuple[Prepared, int | None]]:
+        wanted = [
+            p for p in beaten if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed)
+        ]
+        ids: dict[str, int] = {}
+        for part in _chunks(sorted({p.identity for p in wanted})):
+            ids.update(
+                self.session.execute(
+                    select(RawSource.identity, RawSource.id).where(RawSource.identity.in_(part))
+                ).tuples()
+            )
+        return [(p, ids[p.identity]) for p in wanted if p.identity in ids]
+
+    def _deliver_copy(self, p: Prepared, raw_id: int, arrived: datetime) -> bool:
+        """Deliver a copy of a stored email into the queues it names that have no ticket
+        with it yet, linked to the tickets that have; True if it went anywhere."""
+        have: dict[int, _TicketState] = {}
+        for d in self.deliveries:  # stored by this batch
+            if d.message_row.get("raw_id") == raw_id:
+                have[d.queue.id] = d.ticket
+        stored = set(
+            self.session.scalars(select(Message.ticket_id).where(Message.raw_id == raw_id))
+        )
+        self._load_tickets([t for t in stored if t not in self.tickets])
+        for tid in stored:
+            state = self.tickets.get(tid)
+            if state is not None:
+                have.setdefault(state.queue_id, state)
+        keys = [k for k in self.ing.addressed_queues(p.parsed) if self.queues[k].id not in have]
+        if not keys:
+            return False
+        deliveries = self._decide(p, arrived, keys)
+        for d in deliveries:
+            d.message_row["raw_id"] = raw_id
+            if d.is_new:
+                d.link_to += [(state, "same-email") for state in have.values()]
+            self.deliveries.append(d)
+        return True
 
     def _own_message_ids(self, batch: Sequence[Prepared]) -> set[str]:
         ids = [p.parsed.message_id for p in batch if p.parsed.message_id]
@@ -313,9 +371,14 @@ class Batch:
 
     # ------------------------------------------------------------------ phase 2: decide
 
-    def _decide(self, p: Prepared, arrived: datetime) -> list[_Delivery]:
+    def _decide(
+        self, p: Prepared, arrived: datetime, keys: list[str] | None = None
+    ) -> list[_Delivery]:
         parsed = p.parsed
-        keys = [self.default_queue] if parsed.fatal else self.ing.route(parsed, self.default_queue)
+        if keys is None:
+            keys = (
+                [self.default_queue] if parsed.fatal else self.ing.route(parsed, self.default_queue)
+            )
         sender_addr = parsed.from_addr or UNKNOWN_SENDER
         sender_id, provider = self.people[sender_addr]
         automatic = automatic_reasons(parsed)

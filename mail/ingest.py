@@ -157,6 +157,10 @@ class Ingestor:
 
     def route(self, parsed: ParsedMessage, default_queue: str) -> list[str]:
         """Queues this email is for, most trusted recipient header first."""
+        return self.addressed_queues(parsed) or [default_queue]
+
+    def addressed_queues(self, parsed: ParsedMessage) -> list[str]:
+        """Queues whose aliases this email names, most trusted recipient header first."""
         candidates = [
             *parsed.delivered_to,
             *parsed.x_original_to,
@@ -168,7 +172,7 @@ class Ingestor:
             key = self.alias_to_queue.get(address)
             if key and key not in keys:
                 keys.append(key)
-        return keys or [default_queue]
+        return keys
 
     def flags_for(self, p: Prepared, queue_key: str, is_new: bool) -> list[tuple[str, str]]:
         """Flags (name, detail) a provider should see on the ticket this email lands in."""

@@ -771,6 +771,42 @@ def test_same_email_in_two_mailboxes_is_stored_once(
     assert first.unseen() == [] and second.unseen() == []
 
 
+def test_a_bcc_to_two_queues_seen_in_two_mailboxes_reaches_both(
+    account: Callable[[], Account], workspaces: Callable[[str], Workspace], db_url: str
+) -> None:
+    """Each copy names its queue only in its own Delivered-To: the second copy is not
+    stored again, but it opens the ticket in its queue, linked to the first one."""
+    it_box, hr_box = account(), account()
+    raw = email("Payroll access for a new hire", to="staff@corp.example", message_id=new_id())
+    it_box.append(b"Delivered-To: it@corp.example\r\n" + raw)
+    hr_box.append(b"Delivered-To: hr@corp.example\r\n" + raw)
+    # And within one mailbox (one batch): the same email twice, to two queues.
+    both = email("Desk and badge for a new hire", to="staff@corp.example", message_id=new_id())
+    hr_box.append(
+        b"Delivered-To: it@corp.example\r\n" + both,
+        b"Delivered-To: hr@corp.example\r\n" + both,
+    )
+    ws = workspaces(
+        config_toml(
+            db_url,
+            it_box.mailbox_toml("itbox", default_queue="it"),
+            hr_box.mailbox_toml("hrbox", default_queue="hr"),
+        )
+    )
+    for _ in range(2):  # and a second pass (or a crash and a rescan) adds nothing
+        poll_ok(ws)
+        assert count(ws, RawSource) == 2 and count(ws, Ticket) == 4
+    by_subject: dict[str, list[TicketSummary]] = {}
+    for t in tickets(ws):
+        by_subject.setdefault(t.subject, []).append(t)
+    assert sorted(t.queue for t in by_subject["Payroll access for a new hire"]) == ["hr", "it"]
+    assert sorted(t.queue for t in by_subject["Desk and badge for a new hire"]) == ["hr", "it"]
+    for pair in by_subject.values():
+        a, b = (detail(ws, t.id) for t in pair)
+        assert (b.ticket.id, "same-email") in a.links
+    assert it_box.unseen() == [] and hr_box.unseen() == []
+
+
 def test_mail_to_two_queues_opens_one_linked_ticket_in_each(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
 ) -> None:
