@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
@@ -106,9 +107,20 @@ class MaildirSource:
         """
         outcomes: list[Outcome] = []
         since, skip = self._watermark(), self.handled
+        now = self._clock_ns()
+        if since > now + CTIME_MARGIN_NS:
+            # The file system's clock went back: later mail may carry older times than
+            # the watermark. cur/ is read whole once (what is stored is recognised).
+            log.warning(
+                "mailbox %s: the clock of %s went back by %.1f s; reading cur/ again",
+                self.mailbox.name,
+                self.root,
+                (since - now) / 1e9,
+            )
+            since = 0
         unreadable: dict[Path, int] = {}  # files this pass could not read: their ctime
         while True:
-            scan_started = time.time_ns() - CTIME_MARGIN_NS
+            scan_started = self._clock_ns() - CTIME_MARGIN_NS
             files = self.pending(since, skip, {path.name for path in unreadable})
             if not files:
                 # An unreadable file in cur/ must stay after the watermark, to be tried again.
@@ -175,6 +187,24 @@ class MaildirSource:
             if stop is not None and stop():
                 return produced, True
         return produced, False
+
+    def _clock_ns(self) -> int:
+        """Now, by the clock that stamps the Maildir's files.
+
+        On NFS or SMB that is the file server's clock, which may differ from this
+        machine's by seconds or more: a file made in tmp/ tells. (Local clock if tmp/
+        cannot be written.)
+        """
+        probe = self.root / "tmp" / f".deskq-clock.{os.getpid()}.{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                return os.fstat(fd).st_ctime_ns
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError:
+            return time.time_ns()
 
     def _watermark(self) -> int:
         with self.ingestor.db.session() as session:

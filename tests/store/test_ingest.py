@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -385,6 +386,38 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     monkeypatch.undo()  # readable again: stored by the next pass
     assert sorted(o.disposition for o in desk.poll()) == ["new-ticket"] * 2
     assert desk.files("new") == [] and desk.count(RawSource) == 7
+
+
+def test_mail_put_in_cur_is_read_whatever_this_machines_clock_says(
+    make_desk: Callable[..., Desk],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Files in cur/ are read when their ctime is past a watermark. On NFS or SMB the
+    ctime comes from the file server's clock: the watermark is taken from that clock
+    too, not from this machine's (here 1 s ahead)."""
+    import mail.maildir as maildir_module
+
+    desk = make_desk(sqlite_url)
+    real_ns = time.time_ns
+    ahead = SimpleNamespace(time_ns=lambda: real_ns() + 1_000_000_000, sleep=time.sleep)
+    monkeypatch.setattr(maildir_module, "time", ahead)
+    desk.drop(email(subject="First"))
+    assert len(desk.poll()) == 1
+    synced = desk.maildir / "cur" / "1700000100.M1P1.host:2,S"
+    synced.write_bytes(email(subject="Read on the phone, synced by mbsync"))
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]
+    assert desk.poll() == []  # and read once
+    # The file server's clock went back an hour: cur/ is read whole once, nothing lost.
+    source = MaildirSource(
+        desk.settings.mailbox[0], desk.settings, Ingestor(desk.settings, desk.ws.db)
+    )
+    source._set_watermark(real_ns() + 3_600_000_000_000)
+    later = desk.maildir / "cur" / "1700000200.M1P1.host:2,S"
+    later.write_bytes(email(subject="Synced after the clock went back"))
+    assert sorted(o.disposition for o in source.pass_once()) == ["duplicate"] * 2 + ["new-ticket"]
+    assert "went back" in caplog.text
 
 
 def test_replies_thread_across_batches(make_desk: Callable[..., Desk], sqlite_url: str) -> None:
