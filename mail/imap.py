@@ -8,6 +8,7 @@ after-action (``seen``, ``move:FOLDER`` or ``none``). deskq never deletes mail.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 SEEN = b"\\Seen"
+# The keyword marking mail copied by move:FOLDER on a server without MOVE.
+FILED = b"$DeskqFiled"
 CONNECT_TIMEOUT = 30.0
 # Dovecot ends IDLE after 30 min and NATs drop quiet connections sooner: renew often.
 IDLE_RENEW_SECONDS = 240.0
@@ -64,6 +67,7 @@ class ImapSource:
         self.client: IMAPClient | None = None
         self.uidvalidity: int | None = None
         self.recovered = False
+        self.keywords = False
 
     # ------------------------------------------------------------------ connection
 
@@ -115,6 +119,8 @@ class ImapSource:
         except IMAPClientError as exc:
             raise ImapError(f"mailbox {m.name!r}: cannot open folder {m.folder!r}: {exc}") from None
         self.uidvalidity = int(info[b"UIDVALIDITY"])
+        # Whether the server keeps keywords a client makes up (RFC 3501 "\\*").
+        self.keywords = b"\\*" in info.get(b"PERMANENTFLAGS", ())
         if m.after.startswith("move:"):
             target = m.after[5:]
             if not client.folder_exists(target):
@@ -381,7 +387,19 @@ class ImapSource:
         target = self.mailbox.after[5:]
         if client.has_capability("MOVE"):
             client.move(uids, target)
-        else:  # no MOVE: copy and mark seen; deskq never deletes or expunges
+        elif self.keywords:
+            # No MOVE: copy and mark (deskq never deletes or expunges). The mark says
+            # "filed" and goes first: a COPY is never made twice, not after a dropped
+            # connection and not when someone marks the mail unread again. (A crash
+            # right between the two leaves the mail unfiled, never doubled.)
+            client.add_flags(uids, [SEEN, FILED], silent=True)
+            try:
+                client.copy(uids, target)
+            except Exception:
+                with contextlib.suppress(Exception):  # to be filed by the next connection
+                    client.remove_flags(uids, [FILED], silent=True)
+                raise
+        else:  # a server that takes no keywords either: seen is the only mark there is
             client.copy(uids, target)
             client.add_flags(uids, [SEEN], silent=True)
 
@@ -390,8 +408,13 @@ class ImapSource:
         if last <= 0 or self.mailbox.after == "none":
             return
         criteria: list[Any] = ["UID", f"1:{last}"]
-        if self.mailbox.after == "seen" or not client.has_capability("MOVE"):
-            criteria = ["UNSEEN", *criteria]  # without MOVE, handled mail is copied + seen
+        if self.mailbox.after == "seen":
+            criteria = ["UNSEEN", *criteria]
+        elif not client.has_capability("MOVE"):  # handled mail is copied and marked
+            # Unseen and not marked filed: mail a person marked unread again after it
+            # was filed stays alone (as does mail filed before the mark existed).
+            mark = ["NOT", "KEYWORD", FILED.decode()] if self.keywords else []
+            criteria = ["UNSEEN", *mark, *criteria]
         candidates = [u for u in client.search(criteria) if u <= last]
         pending = self._stored(candidates)
         if pending:

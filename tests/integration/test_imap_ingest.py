@@ -415,6 +415,49 @@ def test_after_move_creates_the_folder_and_empties_the_inbox(
     assert count(ws, RawSource) == 3
 
 
+def test_move_without_the_move_extension_never_copies_twice(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without MOVE, move:FOLDER copies and marks (deskq never deletes). Neither a
+    connection lost mid-way nor a person marking filed mail unread again (a to-do
+    marker) may copy a message a second time."""
+    real_capability = IMAPClient.has_capability
+    monkeypatch.setattr(
+        IMAPClient,
+        "has_capability",
+        lambda self, cap: cap.upper() != "MOVE" and real_capability(self, cap),
+    )
+    acct = account()
+    acct.append(*(email(f"Keyboard {i} sticky") for i in range(2)))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(after="move:Processed")))
+    real_add_flags = IMAPClient.add_flags
+    calls: list[int] = []
+
+    def dropped_once(self: IMAPClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            self.shutdown()
+            raise ConnectionResetError("connection lost")
+        return real_add_flags(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(IMAPClient, "add_flags", dropped_once)
+        (status,) = poll_once(ws)
+    assert status.failures == 1 and count(ws, RawSource) == 2
+    poll_ok(ws)  # the next connection files them
+    assert acct.count("Processed") == 2 and acct.unseen() == []
+    for _ in range(3):
+        with acct.client() as c:  # a colleague marks the filed mail unread again
+            c.select_folder("INBOX")
+            c.remove_flags(c.search(["ALL"]), [SEEN], silent=True)
+        poll_ok(ws)  # deskq poll --once, from cron: each run a new connection
+    assert acct.count("Processed") == 2 and len(acct.unseen()) == 2
+    assert count(ws, RawSource) == 2 and count(ws, Ticket) == 2
+
+
 def test_after_none_leaves_flags_untouched(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
 ) -> None:
