@@ -31,6 +31,7 @@ from store.models import (
     Blob,
     Direction,
     Event,
+    KnownCopy,
     Message,
     Person,
     Priority,
@@ -78,6 +79,16 @@ def _insert_skipping(session: Session, model: Any, key: str) -> Any:
     else:
         from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
     return dialect_insert(model).on_conflict_do_nothing(index_elements=[key])
+
+
+def _insert_ignore_keys(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
+    """Multi-row INSERT that skips rows whose primary key exists."""
+    if session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+    for part in _chunks(rows):
+        session.execute(dialect_insert(model).on_conflict_do_nothing(), part)
 
 
 def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], key: str) -> None:
@@ -165,8 +176,14 @@ class Batch:
         # Stored by another process meanwhile (it committed: the claim waited for it).
         copies += self._copies_stored_elsewhere(beaten)
         own = self._own_message_ids([p for p in claimed if p.parsed.fatal is None])
-        self._load_people([*claimed, *(p for p, _ in copies)])
-        self._prefetch_threads([*claimed, *(p for p, _ in copies)])
+        # Copies of stored email that name a queue: they may be owed a ticket there.
+        addressed = [
+            (p, rid)
+            for p, rid in copies
+            if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed)
+        ]
+        self._load_people([*claimed, *(p for p, _ in addressed)])
+        self._prefetch_threads([*claimed, *(p for p, _ in addressed)])
         dispositions: list[dict[str, Any]] = []
         for p in claimed:
             parsed = p.parsed
@@ -181,12 +198,13 @@ class Batch:
                 self.deliveries.append(d)
             outcomes[id(p)] = Outcome(p.item.uid, disposition)
             dispositions.append({"rid": inserted[p.identity], "disp": disposition})
-        for p, raw_id in copies:
+        for p, raw_id in addressed:
             # A copy of a stored email may name a queue the first copy did not (a Bcc
             # seen only in each copy's Delivered-To): one ticket in each queue.
             rid = raw_id if raw_id is not None else inserted.get(p.identity)
             if rid is not None and self._deliver_copy(p, rid, arrival(p.item)):
                 outcomes[id(p)] = Outcome(p.item.uid, "new-ticket")
+        self._record_copies(copies, inserted)
         if dispositions:
             self.conn.execute(
                 update(RAWS)
@@ -238,8 +256,7 @@ class Batch:
             if p.identity in known or p.identity in seen:
                 tids = tickets_of.get(known.get(p.identity, -1), set())
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate", tuple(sorted(tids)))
-                if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed):
-                    copies.append((p, known.get(p.identity)))
+                copies.append((p, known.get(p.identity)))
             else:
                 seen.add(p.identity)
                 fresh.append(p)
@@ -248,17 +265,30 @@ class Batch:
     def _copies_stored_elsewhere(
         self, beaten: Sequence[Prepared]
     ) -> list[tuple[Prepared, int | None]]:
-        wanted = [
-            p for p in beaten if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed)
-        ]
         ids: dict[str, int] = {}
-        for part in _chunks(sorted({p.identity for p in wanted})):
+        for part in _chunks(sorted({p.identity for p in beaten})):
             ids.update(
                 self.session.execute(
                     select(RawSource.identity, RawSource.id).where(RawSource.identity.in_(part))
                 ).tuples()
             )
-        return [(p, ids[p.identity]) for p in wanted if p.identity in ids]
+        return [(p, ids[p.identity]) for p in beaten if p.identity in ids]
+
+    def _record_copies(
+        self, copies: list[tuple[Prepared, int | None]], inserted: dict[str, int]
+    ) -> None:
+        """Copies from an IMAP folder, kept so that their after-action can be finished
+        by the next connection if this pass is cut short (see ImapSource._stored)."""
+        rows = {}
+        for p, raw_id in copies:
+            item, rid = p.item, raw_id if raw_id is not None else inserted.get(p.identity)
+            if item.uid is None or item.uidvalidity is None or rid is None:
+                continue
+            key = (item.mailbox, item.folder, item.uidvalidity, item.uid)
+            rows[key] = dict(zip(("mailbox", "folder", "uidvalidity", "uid"), key, strict=True))
+            rows[key] |= {"raw_id": rid, "created_at": self.now}
+        if rows:
+            _insert_ignore_keys(self.session, KnownCopy, list(rows.values()))
 
     def _deliver_copy(self, p: Prepared, raw_id: int, arrived: datetime) -> bool:
         """Deliver a copy of a stored email into the queues it names that have no ticket

@@ -26,7 +26,7 @@ from mail.ingest import Ingestor, Outcome
 from mail.pipeline import prepared_batches
 from mail.prepare import Incoming
 from store.config import MailboxSettings, Settings
-from store.models import MailboxState, RawSource
+from store.models import KnownCopy, MailboxState, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command
 
 log = logging.getLogger(__name__)
@@ -426,19 +426,23 @@ class ImapSource:
             self._after(client, pending)
 
     def _stored(self, uids: list[int]) -> list[int]:
-        """Those of ``uids`` whose message this folder's ingestion committed."""
-        stored: list[int | None] = []
+        """Those of ``uids`` whose message this folder's ingestion committed (stored, or
+        recognised as a copy of an email stored before)."""
+        stored: set[int | None] = set()
         with self.ingestor.db.session() as session:
             for start in range(0, len(uids), 500):
                 part = uids[start : start + 500]
-                stored += session.scalars(
-                    select(RawSource.uid).where(
-                        RawSource.mailbox == self.mailbox.name,
-                        RawSource.folder == self.mailbox.folder,
-                        RawSource.uidvalidity == self.uidvalidity,
-                        RawSource.uid.in_(part),
+                for model in (RawSource, KnownCopy):
+                    stored.update(
+                        session.scalars(
+                            select(model.uid).where(
+                                model.mailbox == self.mailbox.name,
+                                model.folder == self.mailbox.folder,
+                                model.uidvalidity == self.uidvalidity,
+                                model.uid.in_(part),
+                            )
+                        )
                     )
-                ).all()
         return sorted(u for u in stored if u is not None)
 
     # ------------------------------------------------------------------ waiting

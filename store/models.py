@@ -392,6 +392,20 @@ class MailboxState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class KnownCopy(Base):
+    """A message in a mailbox folder that was a copy of an email stored before (it has
+    no raw source of its own): its after-action is still owed if a pass was cut short."""
+
+    __tablename__ = "known_copies"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    raw_id: Mapped[int] = mapped_column(ForeignKey("raw_sources.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutboxItem(Base):
     """An outgoing email, queued in the same transaction as the reply it carries."""
 

@@ -850,6 +850,34 @@ def test_a_bcc_to_two_queues_seen_in_two_mailboxes_reaches_both(
     assert it_box.unseen() == [] and hr_box.unseen() == []
 
 
+def test_a_copy_cut_short_before_its_after_action_gets_it_later(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message recognised as a copy of one stored before has no raw source of its own;
+    if the pass dies after the commit, the next connection still marks (or moves) it."""
+    a, b = account(), account()
+    raw = email("VPN drops", message_id=new_id())
+    a.append(raw)
+    b.append(raw, *(email(f"Old request {i}") for i in range(2)), folder="Support")
+    both = config_toml(sqlite_url, a.mailbox_toml("a"), b.mailbox_toml("b", folder="Support"))
+    poll_ok(workspaces(config_toml(sqlite_url, a.mailbox_toml("a"))))
+
+    def killed(self: ImapSource, client: IMAPClient, uids: list[int]) -> None:
+        raise RuntimeError("killed between the commit and the after-action")
+
+    with monkeypatch.context() as m:
+        m.setattr(ImapSource, "_after", killed)
+        statuses = poll_once(workspaces(both))  # b's first message: a copy
+    assert [st.failures for st in statuses] == [0, 1]
+    assert len(b.unseen("Support")) == 3
+    ws = workspaces(both)  # a fresh process
+    poll_ok(ws)
+    assert b.unseen("Support") == [] and count(ws, RawSource) == 3
+
+
 def test_mail_to_two_queues_opens_one_linked_ticket_in_each(
     account: Callable[[], Account], workspaces: Callable[[str], Workspace], sqlite_url: str
 ) -> None:
