@@ -232,6 +232,7 @@ _SIMPLE_ADDRESS = re.compile(
 _ORIGIN_HEADER = re.compile(
     rb"^(from|to|cc|date|subject|message-id)[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re.M
 )
+_RECEIVED_HEADER = re.compile(rb"^received[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re.M)
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
@@ -651,6 +652,14 @@ def content_identity(raw: bytes, message_id: str | None) -> str:
     if not origin and not message_id:
         # Nothing identifies the sender's copy: the whole header block must.
         origin = [b" ".join(head.split())]
+    elif not message_id and not any(item.startswith(b"date:") for item in origin):
+        # No Message-ID and no Date (devices: printers, UPSes, NAS boxes): the same
+        # alert a week later would look like the same email. The first Received (the
+        # bottom one, stamped where the email entered the mail system) tells them
+        # apart, and is the same on every copy an alias or a second mailbox gets.
+        received = _RECEIVED_HEADER.findall(head)
+        if received:
+            origin.append(b"received:" + b" ".join(received[-1].split()))
     for item in sorted(origin):
         digest.update(item + b"\n")
     digest.update(b"\n")

@@ -500,6 +500,43 @@ def test_crash_between_commit_and_move_stores_nothing_twice(
     assert desk.files("cur") == [f"{path.name}:2,S"]
 
 
+def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk) -> None:
+    """Printers and UPSes send alerts with neither Message-ID nor Date: only where the
+    email entered the mail system (the first Received) tells one week's from the next;
+    a copy through a second alias carries the same first Received."""
+
+    def alert(entered: str, *top: str) -> bytes:
+        return (
+            "\n".join(
+                [
+                    *top,
+                    f"Received: from printer.lan by mx.corp.example; {entered}",
+                    "From: printer@corp.example",
+                    "To: it@corp.example",
+                    "Subject: Toner low on PRN-3F",
+                    "",
+                    "Toner cartridge black is low.",
+                ]
+            )
+            + "\n"
+        ).encode()
+
+    first = desk.deliver(alert("Mon, 2 Nov 2026 09:00:00 +0000"))
+    again = desk.deliver(alert("Mon, 9 Nov 2026 09:00:00 +0000"))
+    copy = desk.deliver(
+        alert(
+            "Mon, 9 Nov 2026 09:00:00 +0000",
+            "Delivered-To: it@corp.example",
+            "Received: from mx.corp.example by imap2.corp.example; Mon, 9 Nov 2026 09:00:01",
+        )
+    )
+    assert [first.disposition, again.disposition, copy.disposition] == [
+        "new-ticket",
+        "new-ticket",
+        "duplicate",
+    ]
+
+
 def test_different_emails_sharing_a_message_id_are_both_kept(desk: Desk) -> None:
     one = desk.deliver(email(msgid="<same@corp.example>", body="first\n"))
     two = desk.deliver(email(msgid="<same@corp.example>", body="second, different\n"))

@@ -186,6 +186,10 @@ def _old_identity(raw: bytes, message_id: str | None) -> str:
     digest = hashlib.sha256()
     if not origin and not message_id:
         origin = [b" ".join(head.split())]
+    elif not message_id and not any(o.startswith(b"date:") for o in origin):
+        received = re.findall(rb"^received[ \t]*:(.*(?:\n[ \t].*)*)", head, re.I | re.M)
+        if received:  # (since a device's alerts without Message-ID or Date were merged)
+            origin.append(b"received:" + b" ".join(received[-1].split()))
     for item in sorted(origin):
         digest.update(item + b"\n")
     digest.update(b"\n")
@@ -194,7 +198,10 @@ def _old_identity(raw: bytes, message_id: str | None) -> str:
 
 
 _PIECES = st.sampled_from(
-    [b"\r\n", b"\n", b"\r", b" ", b"\t", b"From: a@b", b"Subject: x", b"body", b"\r\r\n", b"\x0c"]
+    [
+        *(b"\r\n", b"\n", b"\r", b" ", b"\t", b"\r\r\n", b"\x0c", b"body"),
+        *(b"From: a@b", b"Subject: x", b"Received: r", b"Date: d"),
+    ]
 )
 
 
