@@ -113,17 +113,24 @@ def test_upgrade_and_downgrade_round_trip(db_url: str) -> None:
     db.close()
 
 
-def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
-    """Migration 0010: messages of an older database keep whether they had HTML."""
+def _one_ticket_at(db_url: str, revision: str) -> tuple[Database, int]:
+    """A database with one ticket and no message, migrated down to ``revision``."""
     from alembic import command
-    from sqlalchemy import inspect
 
     db = Database.open(db_url)
     _setup(db)
     tid = _new_ticket(db)
     with db.engine.begin() as conn:
-        conn.execute(text("DELETE FROM messages"))  # only the two below
-        command.downgrade(migrate.alembic_config(conn), "0009")
+        conn.execute(text("DELETE FROM messages"))
+        command.downgrade(migrate.alembic_config(conn), revision)
+    return db, tid
+
+
+def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
+    """Migration 0010: messages of an older database keep whether they had HTML."""
+    from sqlalchemy import inspect
+
+    db, tid = _one_ticket_at(db_url, "0009")
     with db.engine.begin() as conn:
         for body, html in (("with", "<p>with</p>"), ("without", None)):
             conn.execute(
@@ -146,14 +153,7 @@ def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
 
 def test_upgrade_makes_stored_addresses_readable(db_url: str) -> None:
     """Migration 0011: names stored as RFC 2047 words are decoded, lists kept apart."""
-    from alembic import command
-
-    db = Database.open(db_url)
-    _setup(db)
-    tid = _new_ticket(db)
-    with db.engine.begin() as conn:
-        conn.execute(text("DELETE FROM messages"))
-        command.downgrade(migrate.alembic_config(conn), "0010")
+    db, tid = _one_ticket_at(db_url, "0010")
     stored = [
         ("=?utf-8?q?M=C3=BCller=2C_Jos=C3=A9?= <jose@corp.example>", "plain@corp.example"),
         ("Bob <bob@corp.example>", "=?utf-8?b?5byg5Lyf?= <a@x.example>, Zoe <z@x.example>"),
