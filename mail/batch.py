@@ -175,13 +175,15 @@ class Batch:
                 beaten.append(p)
         # Stored by another process meanwhile (it committed: the claim waited for it).
         copies += self._copies_stored_elsewhere(beaten)
-        own = self._own_message_ids([p for p in claimed if p.parsed.fatal is None])
         # Copies of stored email that name a queue: they may be owed a ticket there.
         addressed = [
             (p, rid)
             for p, rid in copies
             if p.parsed.fatal is None and self.ing.addressed_queues(p.parsed)
         ]
+        own = self._own_message_ids(
+            [*(p for p in claimed if p.parsed.fatal is None), *(p for p, _ in addressed)]
+        )
         self._load_people([*claimed, *(p for p, _ in addressed)])
         self._prefetch_threads([*claimed, *(p for p, _ in addressed)])
         dispositions: list[dict[str, Any]] = []
@@ -201,8 +203,11 @@ class Batch:
         for p, raw_id in addressed:
             # A copy of a stored email may name a queue the first copy did not (a Bcc
             # seen only in each copy's Delivered-To): one ticket in each queue.
+            # (deskq's own mail never makes a ticket, whichever copy it is.)
             rid = raw_id if raw_id is not None else inserted.get(p.identity)
-            if rid is not None and self._deliver_copy(p, rid, arrival(p.item)):
+            if p.parsed.message_id in own or rid is None:
+                continue
+            if self._deliver_copy(p, rid, arrival(p.item)):
                 outcomes[id(p)] = Outcome(p.item.uid, "new-ticket")
         self._record_copies(copies, inserted)
         if dispositions:
@@ -229,9 +234,8 @@ class Batch:
     def _dedupe(
         self, batch: Sequence[Prepared]
     ) -> tuple[list[Prepared], dict[int, Outcome], list[tuple[Prepared, int | None]]]:
-        """The emails not stored yet; the outcomes of the others ("duplicate"); and the
-        copies that name a queue, with their stored raw source's id (None: stored by
-        this batch), to check for a queue the stored email did not reach."""
+        """The emails not stored yet; the outcomes of the others ("duplicate"); and
+        those others with their stored raw source's id (None: stored by this batch)."""
         from mail.ingest import Outcome
 
         identities = list({p.identity for p in batch})

@@ -911,6 +911,10 @@ def test_own_mail_never_becomes_a_ticket(desk: Desk) -> None:
     assert desk.count(Ticket) == 2
     assert [r.disposition for r in desk.raws()] == ["new-ticket", "own-mail", "new-ticket"]
     assert len(desk.outbox()) == 1
+    # A copy of our own mail naming another queue's alias opens nothing there either.
+    to_hr = b"Delivered-To: hr@corp.example\n" + item.raw
+    assert desk.deliver(to_hr).disposition == "duplicate"
+    assert desk.count(Ticket) == 2
 
 
 # --------------------------------------------------------------------------- quarantine
