@@ -396,8 +396,8 @@ class ImapSource:
             try:
                 client.copy(uids, target)
             except Exception:
-                with contextlib.suppress(Exception):  # to be filed by the next connection
-                    client.remove_flags(uids, [FILED], silent=True)
+                with contextlib.suppress(Exception):  # unseen, unfiled: the next connection
+                    client.remove_flags(uids, [SEEN, FILED], silent=True)  # files them
                 raise
         else:  # a server that takes no keywords either: seen is the only mark there is
             client.copy(uids, target)

@@ -456,6 +456,16 @@ def test_move_without_the_move_extension_never_copies_twice(
         poll_ok(ws)  # deskq poll --once, from cron: each run a new connection
     assert acct.count("Processed") == 2 and len(acct.unseen()) == 2
     assert count(ws, RawSource) == 2 and count(ws, Ticket) == 2
+    # A COPY the server refuses (quota, say) is tried again by the next connection.
+    acct.append(email("Screen dim"))
+    real_copy = IMAPClient.copy
+    with monkeypatch.context() as m:
+        m.setattr(IMAPClient, "copy", lambda *a, **k: (_ for _ in ()).throw(OSError("quota")))
+        (status,) = poll_once(ws)
+    assert status.failures == 1 and count(ws, RawSource) == 3 and acct.count("Processed") == 2
+    assert IMAPClient.copy is real_copy
+    poll_ok(ws)
+    assert acct.count("Processed") == 3
 
 
 def test_after_none_leaves_flags_untouched(
