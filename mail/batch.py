@@ -81,6 +81,10 @@ def _insert_skipping(session: Session, model: Any, key: str) -> Any:
     return dialect_insert(model).on_conflict_do_nothing(index_elements=[key])
 
 
+def _queue_list(ids: Iterable[int]) -> str:
+    return " ".join(map(str, sorted(ids)))
+
+
 def _insert_ignore_keys(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
     """Multi-row INSERT that skips rows whose primary key exists."""
     if session.get_bind().dialect.name == "sqlite":
@@ -150,6 +154,9 @@ class Batch:
         self.people: dict[str, tuple[int, bool]] = {}
         self.batch_ids: dict[tuple[str, int], _TicketState] = {}
         self.deliveries: list[_Delivery] = []
+        # raw source id -> ids of the queues its email reached (raw_sources.queues)
+        self.reached: dict[int, set[int]] = {}
+        self.reached_changed: set[int] = set()
         self.touched: set[int] = set()  # tickets whose events this batch appended
         self.now = utcnow()
         self.conn = session.connection()
@@ -174,7 +181,10 @@ class Batch:
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate")
                 beaten.append(p)
         # Stored by another process meanwhile (it committed: the claim waited for it).
-        copies += self._copies_stored_elsewhere(beaten)
+        elsewhere = self._copies_stored_elsewhere(beaten)
+        copies += elsewhere
+        stored_as = {**{p.identity: rid for p, rid in elsewhere}, **inserted}
+        copies = [(p, rid if rid is not None else stored_as.get(p.identity)) for p, rid in copies]
         # Copies of stored email that name a queue: they may be owed a ticket there.
         addressed = [
             (p, rid)
@@ -200,22 +210,35 @@ class Batch:
                 self.deliveries.append(d)
             outcomes[id(p)] = Outcome(p.item.uid, disposition)
             dispositions.append({"rid": inserted[p.identity], "disp": disposition})
+            self.reached[inserted[p.identity]] = {d.queue.id for d in deliveries}
         for p, raw_id in addressed:
             # A copy of a stored email may name a queue the first copy did not (a Bcc
             # seen only in each copy's Delivered-To): one ticket in each queue.
             # (deskq's own mail never makes a ticket, whichever copy it is.)
-            rid = raw_id if raw_id is not None else inserted.get(p.identity)
-            if p.parsed.message_id in own or rid is None:
+            if p.parsed.message_id in own or raw_id is None:
                 continue
-            if self._deliver_copy(p, rid, arrival(p.item)):
+            if self._deliver_copy(p, raw_id, arrival(p.item)):
                 outcomes[id(p)] = Outcome(p.item.uid, "new-ticket")
-        self._record_copies(copies, inserted)
+        self._record_copies(copies)
+        for row in dispositions:
+            row["queues"] = _queue_list(self.reached.pop(row["rid"]))
         if dispositions:
             self.conn.execute(
                 update(RAWS)
                 .where(RAWS.c.id == bindparam("rid"))
-                .values(disposition=bindparam("disp")),
+                .values(disposition=bindparam("disp"), queues=bindparam("queues")),
                 dispositions,
+            )
+        reached = [
+            {"rid": rid, "queues": _queue_list(self.reached[rid])}
+            for rid in sorted(self.reached_changed & set(self.reached))
+        ]
+        if reached:
+            self.conn.execute(
+                update(RAWS)
+                .where(RAWS.c.id == bindparam("rid"))
+                .values(queues=bindparam("queues")),
+                reached,
             )
         self._write()
         by_email: dict[int, list[_Delivery]] = {}
@@ -271,21 +294,18 @@ class Batch:
     ) -> list[tuple[Prepared, int | None]]:
         ids: dict[str, int] = {}
         for part in _chunks(sorted({p.identity for p in beaten})):
-            ids.update(
-                self.session.execute(
-                    select(RawSource.identity, RawSource.id).where(RawSource.identity.in_(part))
-                ).tuples()
-            )
+            for identity, raw_id in self.session.execute(
+                select(RawSource.identity, RawSource.id).where(RawSource.identity.in_(part))
+            ):
+                ids[identity] = raw_id
         return [(p, ids[p.identity]) for p in beaten if p.identity in ids]
 
-    def _record_copies(
-        self, copies: list[tuple[Prepared, int | None]], inserted: dict[str, int]
-    ) -> None:
+    def _record_copies(self, copies: list[tuple[Prepared, int | None]]) -> None:
         """Copies from an IMAP folder, kept so that their after-action can be finished
         by the next connection if this pass is cut short (see ImapSource._stored)."""
         rows = {}
         for p, raw_id in copies:
-            item, rid = p.item, raw_id if raw_id is not None else inserted.get(p.identity)
+            item, rid = p.item, raw_id
             if item.uid is None or item.uidvalidity is None or rid is None:
                 continue
             key = (item.mailbox, item.folder, item.uidvalidity, item.uid)
@@ -295,29 +315,36 @@ class Batch:
             _insert_ignore_keys(self.session, KnownCopy, list(rows.values()))
 
     def _deliver_copy(self, p: Prepared, raw_id: int, arrived: datetime) -> bool:
-        """Deliver a copy of a stored email into the queues it names that have no ticket
-        with it yet, linked to the tickets that have; True if it went anywhere."""
-        have: dict[int, _TicketState] = {}
-        for d in self.deliveries:  # stored by this batch
-            if d.message_row.get("raw_id") == raw_id:
-                have[d.queue.id] = d.ticket
+        """Deliver a copy of a stored email into the queues it names that the email has
+        not reached yet, linked to its tickets; True if it went anywhere."""
+        if raw_id not in self.reached:
+            # Locked: two pollers with copies of one email must not both deliver them.
+            recorded = self.session.execute(
+                select(RawSource.queues).where(RawSource.id == raw_id).with_for_update()
+            ).scalar()
+            if recorded is None:  # stored before deskq kept this: nothing is known
+                return False
+            self.reached[raw_id] = {int(q) for q in recorded.split()}
+        reached = self.reached[raw_id]
+        keys = [k for k in self.ing.addressed_queues(p.parsed) if self.queues[k].id not in reached]
+        if not keys:
+            return False
+        holding = {  # the tickets with the email now, by state object
+            id(d.ticket): d.ticket for d in self.deliveries if d.message_row.get("raw_id") == raw_id
+        }
         stored = set(
             self.session.scalars(select(Message.ticket_id).where(Message.raw_id == raw_id))
         )
         self._load_tickets([t for t in stored if t not in self.tickets])
-        for tid in stored:
-            state = self.tickets.get(tid)
-            if state is not None:
-                have.setdefault(state.queue_id, state)
-        keys = [k for k in self.ing.addressed_queues(p.parsed) if self.queues[k].id not in have]
-        if not keys:
-            return False
+        holding |= {id(self.tickets[t]): self.tickets[t] for t in stored if t in self.tickets}
         deliveries = self._decide(p, arrived, keys)
         for d in deliveries:
             d.message_row["raw_id"] = raw_id
             if d.is_new:
-                d.link_to += [(state, "same-email") for state in have.values()]
+                d.link_to += [(state, "same-email") for state in holding.values()]
             self.deliveries.append(d)
+            reached.add(d.queue.id)
+        self.reached_changed.add(raw_id)
         return True
 
     def _own_message_ids(self, batch: Sequence[Prepared]) -> set[str]:

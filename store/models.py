@@ -288,6 +288,10 @@ class RawSource(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # What ingestion made of it: ticket, own-mail (ours, no ticket), parse-error...
     disposition: Mapped[str] = mapped_column(String(32), default="ticket")
+    # The ids of the queues the email was delivered to, space-separated, whatever
+    # merges or splits did later: a copy naming another queue is delivered there once.
+    # NULL for email stored before deskq kept this (its copies open nothing).
+    queues: Mapped[str | None] = mapped_column(String(200))
 
     def content(self) -> bytes:
         """The exact bytes as received."""

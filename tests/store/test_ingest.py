@@ -500,6 +500,71 @@ def test_crash_between_commit_and_move_stores_nothing_twice(
     assert desk.files("cur") == [f"{path.name}:2,S"]
 
 
+def test_a_copy_read_again_after_a_merge_across_queues_opens_nothing(desk: Desk) -> None:
+    """Copies are delivered by the queues the email reached when it came, not by where
+    its messages are now: merged into another queue's ticket, a re-read copy (a second
+    mailbox, a rescan) opens no ticket and sends no second acknowledgement."""
+    raw = email(subject="Laptop broken")  # to it@
+    (it_ticket,) = desk.deliver(raw).tickets
+    (hr_ticket,) = desk.deliver(email(subject="Leave", to="hr@corp.example")).tickets
+    with desk.ws.db.write() as s:
+        actor = services.get_or_create_person(s, PROVIDER, provider=True)
+        source, target = s.get(Ticket, it_ticket), s.get(Ticket, hr_ticket)
+        assert source is not None and target is not None
+        services.merge(s, it_ticket, source.version, hr_ticket, target.version, actor)
+    tickets, sent = desk.count(Ticket), len(desk.outbox())
+    assert desk.deliver(raw).disposition == "duplicate"
+    assert desk.count(Ticket) == tickets and len(desk.outbox()) == sent
+
+
+@pytest.mark.postgres
+def test_two_pollers_with_copies_for_one_queue_open_one_ticket(
+    make_desk: Callable[..., Desk], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes store a copy naming the same new queue at once: the email's raw
+    source row is locked while one decides, so the other finds the queue reached."""
+    import threading
+
+    import mail.batch as batch_module
+    from mail.prepare import Incoming, prepare
+
+    desk = make_desk(pg_url)
+    body = email(subject="Payroll access", to="staff@corp.example")
+    assert desk.deliver(b"Delivered-To: it@corp.example\n" + body).disposition == "new-ticket"
+    copy = b"Delivered-To: hr@corp.example\n" + body
+    holding, go = threading.Event(), threading.Event()
+    real_write = batch_module.Batch._write
+
+    def slow_write(self: Any) -> None:
+        real_write(self)
+        if threading.current_thread().name == "first":
+            holding.set()  # written, not committed yet
+            go.wait(10)
+
+    monkeypatch.setattr(batch_module.Batch, "_write", slow_write)
+    results: dict[str, list[Outcome]] = {}
+
+    def store(name: str) -> None:
+        item = prepare(Incoming(raw=copy, mailbox=name), 10**7)
+        results[name] = Ingestor(desk.settings, desk.ws.db).store_batch(
+            [item], mailbox=name, default_queue="it"
+        )
+
+    first = threading.Thread(target=store, args=("first",), name="first")
+    first.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=store, args=("second",), name="second")
+    second.start()
+    time.sleep(0.5)  # the second waits for the first's lock
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert sorted(o.disposition for r in results.values() for o in r) == ["duplicate", "new-ticket"]
+    with desk.ws.db.session() as s:
+        queues = s.scalars(select(Queue.key).join(Ticket, Ticket.queue_id == Queue.id)).all()
+    assert sorted(queues) == ["hr", "it"]
+
+
 def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk) -> None:
     """Printers and UPSes send alerts with neither Message-ID nor Date: only where the
     email entered the mail system (the first Received) tells one week's from the next;
