@@ -301,9 +301,13 @@ class ImapSource:
         self, client: IMAPClient | None, chunk: list[int], refusal: Exception
     ) -> tuple[list[Incoming], IMAPClient]:
         """The messages of a refused FETCH, one at a time, on ``client`` or (after a BYE)
-        a new connection, which is returned. A message the server refuses twice on its
-        own is left in the folder, untouched, and logged; a lost connection (no answer
-        at all) still fails the pass."""
+        a new connection, which is returned.
+
+        A message the server refuses twice on its own is left in the folder, untouched,
+        and logged, but only once the server has returned a later message of the batch:
+        refusals with nothing served after them (throttling, a server in trouble) fail
+        the pass, to be tried again. A lost connection (no answer at all) fails it too.
+        """
         log.warning(
             "mailbox %s: the server refused a FETCH of %d messages (%s); fetching them one by one",
             self.mailbox.name,
@@ -311,26 +315,37 @@ class ImapSource:
             str(refusal)[:200],
         )
         found: list[Incoming] = []
+        refused: list[tuple[int, Exception]] = []  # not yet known to be the message's fault
         for uid in chunk:
             for attempt in (1, 2):
                 client = client or self._reopen()
                 try:
                     tag = send_fetch(client, str(uid), FETCH_ITEMS)
                     found += self._incoming([uid], read_fetch(client, tag, self.mailbox.name))
-                    break
                 except (ImapError, ServerBye) as exc:
                     if isinstance(exc, ServerBye):
                         self._abandon(client)
                         client = None
                     if attempt == 2:
-                        log.error(
-                            "mailbox %s: the server cannot return UID %d (%s); left "
-                            "untouched in %s for a person to look at",
-                            self.mailbox.name,
-                            uid,
-                            str(exc)[:200],
-                            self.mailbox.folder,
-                        )
+                        refused.append((uid, exc))
+                    continue
+                for bad, why in refused:  # the server serves others: those are broken
+                    log.error(
+                        "mailbox %s: the server cannot return UID %d (%s); left untouched "
+                        "in %s for a person to look at",
+                        self.mailbox.name,
+                        bad,
+                        str(why)[:200],
+                        self.mailbox.folder,
+                    )
+                refused = []
+                break
+        if refused:
+            raise ImapError(
+                f"mailbox {self.mailbox.name!r}: the server refused UID(s) "
+                f"{', '.join(str(u) for u, _ in refused[:10])} and returned nothing after "
+                f"them ({str(refused[-1][1])[:200]}); tried again next pass"
+            )
         return found, client or self._reopen()
 
     def _reopen(self) -> IMAPClient:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from mail.imap import ImapSource, _internaldate, _Line
+from mail.imap import ImapError, ImapSource, _internaldate, _Line
 from store.config import parse_settings
 
 CONFIG = (
@@ -133,6 +133,17 @@ def test_a_refused_batch_is_fetched_one_by_one(
     ]
     assert "cannot return UID 6" in caplog.text
     assert client._imap.stream.read() == LATER
+
+
+def test_refusals_with_nothing_served_after_them_fail_the_pass() -> None:
+    """Throttling, or a server in trouble, refuses everything: nothing is skipped (the
+    pass fails and is tried again), not even after a message that came through."""
+    no = b"A1 NO [UNAVAILABLE] try later"
+    served = [b"* 1 FETCH (UID 5 BODY[] {3}", b"one)", b"A1 OK done"]
+    response = b"\r\n".join([no, *served, no, no, no, no, b""])
+    source, client = _source(response)
+    with pytest.raises(ImapError, match=r"refused UID\(s\) 6, 7 and returned nothing"):
+        _fetch(source, client, [5, 6, 7])
 
 
 def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
