@@ -43,13 +43,6 @@ def _delivery_time(path: Path) -> datetime | None:
         return None
 
 
-def _ctime_ns(path: Path) -> int:
-    try:
-        return path.stat().st_ctime_ns
-    except OSError:
-        return 0
-
-
 class MaildirError(Exception):
     """The Maildir cannot be used (missing, not a Maildir, unreadable)."""
 
@@ -62,6 +55,8 @@ class MaildirSource:
         self.root = Path(mailbox.path or "").expanduser()
         # cur/ names this process produced itself in the last pass (no need to re-read).
         self.handled: set[str] = set()
+        # Files in cur/ that could not be read: tried again by the next pass.
+        self.unreadable: set[Path] = set()
 
     def pending(
         self,
@@ -118,18 +113,23 @@ class MaildirSource:
                 (since - now) / 1e9,
             )
             since = 0
-        unreadable: dict[Path, int] = {}  # files this pass could not read: their ctime
+        unreadable: set[Path] = set()  # files this pass could not read
+        # Files in cur/ an earlier pass could not read, tried again by name (the
+        # watermark went on: files in new/ are read every pass anyway).
+        again = [path for path in self.unreadable if path.exists()]
         while True:
             scan_started = self._clock_ns() - CTIME_MARGIN_NS
             files = self.pending(since, skip, {path.name for path in unreadable})
+            files += [path for path in again if path not in files]
+            again = []
             if not files:
-                # An unreadable file in cur/ must stay after the watermark, to be tried again.
-                held = [ctime for path, ctime in unreadable.items() if path.parent.name == "cur"]
-                self._set_watermark(min([scan_started, *held]))
+                self._set_watermark(scan_started)
+                self.unreadable = {path for path in unreadable if path.parent.name == "cur"}
                 return outcomes
             produced, stopped = self._store_files(files, outcomes, progress, stop, unreadable)
             self.handled = produced
             if stopped:
+                self.unreadable |= {path for path in unreadable if path.parent.name == "cur"}
                 return outcomes
             since, skip = scan_started, produced
             # Let our own renames fall behind the next scan's margin, so the final
@@ -142,7 +142,7 @@ class MaildirSource:
         outcomes: list[Outcome],
         progress: Progress | None,
         stop: Callable[[], bool] | None,
-        unreadable: dict[Path, int],
+        unreadable: set[Path],
     ) -> tuple[set[str], bool]:
         size = self.settings.ingest.batch_size
         paths: list[list[Path]] = []
@@ -163,7 +163,7 @@ class MaildirSource:
                             path,
                             exc,
                         )
-                        unreadable[path] = _ctime_ns(path)
+                        unreadable.add(path)
                         continue
                     delivered = _delivery_time(path)
                     items.append(
