@@ -261,7 +261,7 @@ class Batch:
         those others with their stored raw source's id (None: stored by this batch)."""
         from mail.ingest import Outcome
 
-        identities = list({p.identity for p in batch})
+        identities = list({p.identity for p in batch} | {p.legacy_identity for p in batch} - {None})
         known: dict[str, int] = {}
         for part in _chunks(identities):
             for identity, raw_id in self.session.execute(
@@ -280,10 +280,11 @@ class Batch:
         copies: list[tuple[Prepared, int | None]] = []
         seen: set[str] = set()
         for p in batch:
-            if p.identity in known or p.identity in seen:
-                tids = tickets_of.get(known.get(p.identity, -1), set())
+            stored = known.get(p.identity) or known.get(p.legacy_identity or "")
+            if stored is not None or p.identity in seen:
+                tids = tickets_of.get(stored or -1, set())
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate", tuple(sorted(tids)))
-                copies.append((p, known.get(p.identity)))
+                copies.append((p, stored))
             else:
                 seen.add(p.identity)
                 fresh.append(p)

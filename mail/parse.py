@@ -632,7 +632,7 @@ def _without_trailing_blanks(body: bytes) -> bytes:
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-def content_identity(raw: bytes, message_id: str | None) -> str:
+def content_identity(raw: bytes, message_id: str | None, *, first_received: bool = True) -> str:
     """The identity of an email whatever route it took: Message-ID plus a content hash.
 
     The hash covers the body and the origin headers (From, To, Cc, Date, Subject,
@@ -652,11 +652,12 @@ def content_identity(raw: bytes, message_id: str | None) -> str:
     if not origin and not message_id:
         # Nothing identifies the sender's copy: the whole header block must.
         origin = [b" ".join(head.split())]
-    elif not message_id and not any(item.startswith(b"date:") for item in origin):
+    elif first_received and not message_id and not any(i.startswith(b"date:") for i in origin):
         # No Message-ID and no Date (devices: printers, UPSes, NAS boxes): the same
         # alert a week later would look like the same email. The first Received (the
         # bottom one, stamped where the email entered the mail system) tells them
         # apart, and is the same on every copy an alias or a second mailbox gets.
+        # (first_received=False: the identity such email had before, to recognise it.)
         received = _RECEIVED_HEADER.findall(head)
         if received:
             origin.append(b"received:" + b" ".join(received[-1].split()))

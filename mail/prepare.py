@@ -40,6 +40,9 @@ class Prepared:
     too_large: bool = False
     # Whether it had an HTML part (the HTML is not kept apart from the raw source).
     has_html: bool = False
+    # The identity this email had before deskq hashed the first Received header of
+    # email with neither Message-ID nor Date (None: the same as ``identity``).
+    legacy_identity: str | None = None
 
 
 def prepare(item: Incoming, max_bytes: int) -> Prepared:
@@ -52,10 +55,15 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
     else:
         parsed = parse(raw)
     has_html, parsed.html = parsed.html is not None, None  # not stored: not sent back either
+    identity = content_identity(raw, parsed.message_id)
+    legacy = None
+    if parsed.message_id is None:
+        legacy = content_identity(raw, None, first_received=False)
     return Prepared(
         item=item,
         parsed=parsed,
-        identity=content_identity(raw, parsed.message_id),
+        identity=identity,
+        legacy_identity=legacy if legacy != identity else None,
         sha256=hashlib.sha256(raw).hexdigest(),
         compressed=zlib.compress(raw, 1),
         too_large=too_large,

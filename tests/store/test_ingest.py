@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select, text
 from mail import prepare as preparing
 from mail.ingest import Ingestor, Outcome
 from mail.maildir import MaildirSource
-from mail.parse import ParsedMessage, parse
+from mail.parse import ParsedMessage, content_identity, parse
 from mail.poller import poll_once
 from store import services
 from store.config import Settings, parse_settings
@@ -606,6 +606,17 @@ def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk)
         "new-ticket",
         "duplicate",
     ]
+    # Stored by a deskq before this rule (under the identity it had then), the same
+    # alert read again (a rescan) is still recognised.
+    old = alert("Mon, 16 Nov 2026 09:00:00 +0000")
+    assert desk.deliver(old).disposition == "new-ticket"
+    legacy = content_identity(old, None, first_received=False)
+    with desk.ws.db.write() as s:
+        s.execute(
+            text("UPDATE raw_sources SET identity = :old WHERE identity = :new"),
+            {"old": legacy, "new": content_identity(old, None)},
+        )
+    assert desk.deliver(old).disposition == "duplicate"
 
 
 def test_different_emails_sharing_a_message_id_are_both_kept(desk: Desk) -> None:
