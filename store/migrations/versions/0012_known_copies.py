@@ -1,4 +1,4 @@
-"""copies of stored email: their after-actions, and the queues an email reached
+"""known copies: after-actions of messages that were copies of stored email
 
 Revision ID: 0012
 Revises: 0011
@@ -8,12 +8,7 @@ A pass cut short after its commit leaves after-actions (seen, move) to the next
 connection, which finds the stored messages by their raw source's UID. A copy of an
 email stored before (the same email in two mailboxes, a folder rescanned after a
 UIDVALIDITY change) has no raw source of its own: it stayed unread forever. Such
-copies are now recorded in ``known_copies``.
-
-A copy may name a queue the stored email did not reach (a Bcc seen only in each
-copy's Delivered-To). ``raw_sources.queues`` records the queues an email was
-delivered to, so a copy opens a ticket in a queue once, whatever merges or splits
-moved the messages later. Older email has none recorded: its copies open nothing.
+copies are now recorded here.
 """
 
 from collections.abc import Sequence
@@ -46,9 +41,7 @@ def upgrade() -> None:
             "mailbox", "folder", "uidvalidity", "uid", name=op.f("pk_known_copies")
         ),
     )
-    op.add_column("raw_sources", sa.Column("queues", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE raw_sources DROP COLUMN queues")  # (SQLite 3.35 or later)
     op.drop_table("known_copies")
