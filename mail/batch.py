@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
-from mail.parse import display_address, display_addresses, one_line
+from mail.parse import content_identity, display_address, display_addresses, one_line
 from store import clocks
 from store.bulk import insert_rows
 from store.models import (
@@ -280,7 +280,9 @@ class Batch:
         copies: list[tuple[Prepared, int | None]] = []
         seen: set[str] = set()
         for p in batch:
-            stored = known.get(p.identity) or known.get(p.legacy_identity or "")
+            stored = known.get(p.identity)
+            if stored is None and p.legacy_identity in known:
+                stored = self._same_email_stored_before(p, known[p.legacy_identity])
             if stored is not None or p.identity in seen:
                 tids = tickets_of.get(stored or -1, set())
                 outcomes[id(p)] = Outcome(p.item.uid, "duplicate", tuple(sorted(tids)))
@@ -289,6 +291,17 @@ class Batch:
                 seen.add(p.identity)
                 fresh.append(p)
         return fresh, outcomes, copies
+
+    def _same_email_stored_before(self, p: Prepared, raw_id: int) -> int | None:
+        """``raw_id`` if that raw source, stored under the identity deskq gave email
+        with neither Message-ID nor Date before it hashed the first Received, is this
+        very email (a rescan), not an earlier one of a device's identical alerts."""
+        data = self.session.scalar(select(RawSource.data).where(RawSource.id == raw_id))
+        try:
+            same = content_identity(zlib.decompress(data or b""), None) == p.identity
+        except zlib.error:
+            same = False
+        return raw_id if same else None
 
     def _copies_stored_elsewhere(
         self, beaten: Sequence[Prepared]

@@ -617,6 +617,8 @@ def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk)
             {"old": legacy, "new": content_identity(old, None)},
         )
     assert desk.deliver(old).disposition == "duplicate"
+    # ...while the next identical alert, whose old identity is the same, is new.
+    assert desk.deliver(alert("Mon, 23 Nov 2026 09:00:00 +0000")).disposition == "new-ticket"
 
 
 def test_different_emails_sharing_a_message_id_are_both_kept(desk: Desk) -> None:
