@@ -410,9 +410,13 @@ class ImapSource:
             client.add_flags(uids, [SEEN, FILED], silent=True)
             try:
                 client.copy(uids, target)
-            except Exception:
-                with contextlib.suppress(Exception):  # unseen, unfiled: the next connection
-                    client.remove_flags(uids, [SEEN, FILED], silent=True)  # files them
+            except IMAPClientAbortError:
+                raise  # cut off: the COPY may have been made, so the marks stay
+            except IMAPClientError:
+                # Refused (NO/BAD): nothing was copied. Unseen and unfiled again, the
+                # messages are filed by the next connection.
+                with contextlib.suppress(Exception):
+                    client.remove_flags(uids, [SEEN, FILED], silent=True)
                 raise
         else:  # a server that takes no keywords either: seen is the only mark there is
             client.copy(uids, target)

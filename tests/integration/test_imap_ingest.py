@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from sqlalchemy import func, select
 
 import mail.imap as imap_module
@@ -459,13 +460,29 @@ def test_move_without_the_move_extension_never_copies_twice(
     # A COPY the server refuses (quota, say) is tried again by the next connection.
     acct.append(email("Screen dim"))
     real_copy = IMAPClient.copy
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise IMAPClientError("COPY command error: NO [OVERQUOTA] Quota exceeded")
+
     with monkeypatch.context() as m:
-        m.setattr(IMAPClient, "copy", lambda *a, **k: (_ for _ in ()).throw(OSError("quota")))
+        m.setattr(IMAPClient, "copy", refused)
         (status,) = poll_once(ws)
     assert status.failures == 1 and count(ws, RawSource) == 3 and acct.count("Processed") == 2
-    assert IMAPClient.copy is real_copy
     poll_ok(ws)
     assert acct.count("Processed") == 3
+    # A COPY whose answer never came (a timeout) may have been made: never sent again.
+    acct.append(email("Mouse lag"))
+
+    def made_then_cut_off(self: IMAPClient, *args: Any, **kwargs: Any) -> Any:
+        real_copy(self, *args, **kwargs)
+        raise TimeoutError("timed out")
+
+    with monkeypatch.context() as m:
+        m.setattr(IMAPClient, "copy", made_then_cut_off)
+        (status,) = poll_once(ws)
+    assert status.failures == 1 and acct.count("Processed") == 4
+    poll_ok(ws)
+    assert acct.count("Processed") == 4
 
 
 def test_after_none_leaves_flags_untouched(
