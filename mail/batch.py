@@ -157,6 +157,10 @@ class Batch:
         # raw source id -> ids of the queues its email reached (raw_sources.queues)
         self.reached: dict[int, set[int]] = {}
         self.reached_changed: set[int] = set()
+        # stored email that copies in this batch belong to: what it reached (None: not
+        # recorded), and the tickets its messages are in
+        self.recorded: dict[int, set[int] | None] = {}
+        self.holders: dict[int, set[int]] = {}
         self.touched: set[int] = set()  # tickets whose events this batch appended
         self.now = utcnow()
         self.conn = session.connection()
@@ -195,7 +199,12 @@ class Batch:
             [*(p for p in claimed if p.parsed.fatal is None), *(p for p, _ in addressed)]
         )
         self._load_people([*claimed, *(p for p, _ in addressed)])
-        self._prefetch_threads([*claimed, *(p for p, _ in addressed)])
+        # Locks in one order in every process: the copies' raw sources (by id), then
+        # all tickets (by id, with those the copies' emails are in).
+        holders = self._lock_reached(
+            [rid for _, rid in addressed if rid is not None and rid not in inserted.values()]
+        )
+        self._prefetch_threads([*claimed, *(p for p, _ in addressed)], holders)
         dispositions: list[dict[str, Any]] = []
         for p in claimed:
             parsed = p.parsed
@@ -328,17 +337,33 @@ class Batch:
         if rows:
             _insert_ignore_keys(self.session, KnownCopy, list(rows.values()))
 
+    def _lock_reached(self, raw_ids: Sequence[int]) -> set[int]:
+        """Lock the raw sources of stored email that copies belong to (two pollers with
+        copies of one email must not both deliver them), read the queues each reached
+        and the tickets its messages are in; returns those tickets' ids."""
+        ids = sorted(set(raw_ids))
+        for part in _chunks(ids):
+            for rid, queues in self.session.execute(
+                select(RawSource.id, RawSource.queues)
+                .where(RawSource.id.in_(part))
+                .order_by(RawSource.id)
+                .with_for_update()
+            ):
+                self.recorded[rid] = None if queues is None else {int(q) for q in queues.split()}
+            for held_by, tid in self.session.execute(
+                select(Message.raw_id, Message.ticket_id).where(Message.raw_id.in_(part))
+            ):
+                self.holders.setdefault(held_by or 0, set()).add(tid)
+        return {t for ts in self.holders.values() for t in ts}
+
     def _deliver_copy(self, p: Prepared, raw_id: int, arrived: datetime) -> bool:
         """Deliver a copy of a stored email into the queues it names that the email has
         not reached yet, linked to its tickets; True if it went anywhere."""
         if raw_id not in self.reached:
-            # Locked: two pollers with copies of one email must not both deliver them.
-            recorded = self.session.execute(
-                select(RawSource.queues).where(RawSource.id == raw_id).with_for_update()
-            ).scalar()
+            recorded = self.recorded.get(raw_id)
             if recorded is None:  # stored before deskq kept this: nothing is known
                 return False
-            self.reached[raw_id] = {int(q) for q in recorded.split()}
+            self.reached[raw_id] = set(recorded)
         reached = self.reached[raw_id]
         keys = [k for k in self.ing.addressed_queues(p.parsed) if self.queues[k].id not in reached]
         if not keys:
@@ -346,11 +371,9 @@ class Batch:
         holding = {  # the tickets with the email now, by state object
             id(d.ticket): d.ticket for d in self.deliveries if d.message_row.get("raw_id") == raw_id
         }
-        stored = set(
-            self.session.scalars(select(Message.ticket_id).where(Message.raw_id == raw_id))
-        )
-        self._load_tickets([t for t in stored if t not in self.tickets])
-        holding |= {id(self.tickets[t]): self.tickets[t] for t in stored if t in self.tickets}
+        for tid in self.holders.get(raw_id, ()):
+            if tid in self.tickets:
+                holding[id(self.tickets[tid])] = self.tickets[tid]
         deliveries = self._decide(p, arrived, keys)
         for d in deliveries:
             d.message_row["raw_id"] = raw_id
@@ -401,8 +424,9 @@ class Batch:
             ):
                 self.people[address] = (pid, provider)
 
-    def _prefetch_threads(self, batch: Sequence[Prepared]) -> None:
-        """Referenced messages and tagged tickets, with their tickets locked."""
+    def _prefetch_threads(self, batch: Sequence[Prepared], also: Iterable[int] = ()) -> None:
+        """Referenced messages and tagged tickets, with their tickets (and ``also``)
+        locked."""
         refs: set[str] = set()
         numbers: set[int] = set()
         for p in batch:
@@ -415,7 +439,7 @@ class Batch:
                 select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(part))
             ):
                 self.ref_rows.setdefault(mid or "", []).append(tid)
-        wanted = numbers | {t for ts in self.ref_rows.values() for t in ts}
+        wanted = numbers | set(also) | {t for ts in self.ref_rows.values() for t in ts}
         while wanted:  # follow merges to their end
             self._load_tickets(sorted(wanted))
             wanted = {

@@ -571,6 +571,55 @@ def test_two_pollers_with_copies_for_one_queue_open_one_ticket(
     assert sorted(queues) == ["hr", "it"]
 
 
+@pytest.mark.postgres
+def test_pollers_with_copies_in_opposite_order_do_not_deadlock(
+    make_desk: Callable[..., Desk], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of the same stored emails in opposite orders (two mailboxes, a rescan
+    next to live mail): raw sources are locked in one order, before any ticket."""
+    import threading
+
+    import mail.batch as batch_module
+    from mail.prepare import Incoming, prepare
+
+    desk = make_desk(pg_url)
+    one, two = email(subject="One"), email(subject="Two")
+    assert desk.deliver(one).disposition == desk.deliver(two).disposition == "new-ticket"
+    first = {"A": threading.Event(), "B": threading.Event()}
+    real = batch_module.Batch._deliver_copy
+
+    def deliver_copy(self: Any, p: Any, raw_id: int, arrived: datetime) -> bool:
+        result = real(self, p, raw_id, arrived)
+        me = threading.current_thread().name
+        if not first[me].is_set():  # each holds what it locked and waits for the other
+            first[me].set()
+            first["B" if me == "A" else "A"].wait(2)
+        return result
+
+    monkeypatch.setattr(batch_module.Batch, "_deliver_copy", deliver_copy)
+    errors: dict[str, BaseException] = {}
+
+    def run(name: str, raws: list[bytes]) -> None:
+        try:
+            items = [prepare(Incoming(raw=r, mailbox=name), 10**7) for r in raws]
+            out = Ingestor(desk.settings, desk.ws.db).store_batch(
+                items, mailbox=name, default_queue="it"
+            )
+            assert [o.disposition for o in out] == ["duplicate"] * 2
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("A", [one, two]), name="A"),
+        threading.Thread(target=run, args=("B", [two, one]), name="B"),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, {k: f"{type(v).__name__}: {v}"[:300] for k, v in errors.items()}
+
+
 def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk) -> None:
     """Printers and UPSes send alerts with neither Message-ID nor Date: only where the
     email entered the mail system (the first Received) tells one week's from the next;
