@@ -68,6 +68,7 @@ class ImapSource:
         self.uidvalidity: int | None = None
         self.recovered = False
         self.keywords = False
+        self.served: int | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -163,6 +164,7 @@ class ImapSource:
         if not self.recovered:
             self._finish_interrupted(client, last)
             self.recovered = True
+        self.served = last or None  # a message the server has (a probe, see _fetch_singly)
         outcomes: list[Outcome] = []
         # Repeat until a SEARCH finds nothing new: mail that lands during a long pass is
         # announced only in replies to the pass's own commands, which imapclient drops.
@@ -280,6 +282,8 @@ class ImapSource:
         for index, chunk in enumerate(chunks):
             try:
                 incoming = self._incoming(chunk, read_fetch(client, tag, self.mailbox.name))
+                if incoming:
+                    self.served = incoming[-1].uid
             except (ImapError, ServerBye) as exc:
                 # The server refused the batch (a tagged NO, or a BYE: Dovecot's answer
                 # to a message file it cannot read). One unreadable message must not
@@ -304,9 +308,10 @@ class ImapSource:
         a new connection, which is returned.
 
         A message the server refuses twice on its own is left in the folder, untouched,
-        and logged, but only once the server has returned a later message of the batch:
-        refusals with nothing served after them (throttling, a server in trouble) fail
-        the pass, to be tried again. A lost connection (no answer at all) fails it too.
+        and logged, but only if the server serves other messages: a later one of the
+        batch, or (asked again, after the refusals) one it served before. Otherwise
+        (throttling, a server in trouble) the pass fails, to be tried again; so does a
+        lost connection (no answer at all).
         """
         log.warning(
             "mailbox %s: the server refused a FETCH of %d messages (%s); fetching them one by one",
@@ -315,38 +320,54 @@ class ImapSource:
             str(refusal)[:200],
         )
         found: list[Incoming] = []
-        refused: list[tuple[int, Exception]] = []  # not yet known to be the message's fault
+        refused: list[tuple[int, Exception]] = []
         for uid in chunk:
             for attempt in (1, 2):
                 client = client or self._reopen()
                 try:
                     tag = send_fetch(client, str(uid), FETCH_ITEMS)
                     found += self._incoming([uid], read_fetch(client, tag, self.mailbox.name))
+                    break
                 except (ImapError, ServerBye) as exc:
                     if isinstance(exc, ServerBye):
                         self._abandon(client)
                         client = None
                     if attempt == 2:
                         refused.append((uid, exc))
-                    continue
-                for bad, why in refused:  # the server serves others: those are broken
-                    log.error(
-                        "mailbox %s: the server cannot return UID %d (%s); left untouched "
-                        "in %s for a person to look at",
-                        self.mailbox.name,
-                        bad,
-                        str(why)[:200],
-                        self.mailbox.folder,
-                    )
-                refused = []
-                break
-        if refused:
+        client = client or self._reopen()
+        if found:
+            self.served = found[-1].uid
+        # Refusals with nothing served after them may be the server's state, not the
+        # messages': it must serve a message it served before, now, to tell.
+        trailing = bool(refused) and (not found or refused[-1][0] > (found[-1].uid or 0))
+        if trailing and not self._still_serves(client):
             raise ImapError(
-                f"mailbox {self.mailbox.name!r}: the server refused UID(s) "
-                f"{', '.join(str(u) for u, _ in refused[:10])} and returned nothing after "
-                f"them ({str(refused[-1][1])[:200]}); tried again next pass"
+                f"mailbox {self.mailbox.name!r}: the server refuses every message now "
+                f"({str(refused[-1][1])[:200]}); tried again next pass"
             )
-        return found, client or self._reopen()
+        for uid, why in refused:
+            log.error(
+                "mailbox %s: the server cannot return UID %d (%s); left untouched in %s "
+                "for a person to look at",
+                self.mailbox.name,
+                uid,
+                str(why)[:200],
+                self.mailbox.folder,
+            )
+        return found, client
+
+    def _still_serves(self, client: IMAPClient) -> bool:
+        """Whether the server returns a message it served before (one still there)."""
+        if self.served is None:
+            return False
+        try:
+            tag = send_fetch(client, str(self.served), "(UID BODY.PEEK[HEADER])")
+            return any(isinstance(part, tuple) for part in read_fetch(client, tag, "probe"))
+        except ImapError:
+            return False
+        except ServerBye:
+            self._abandon(client)
+            return False
 
     def _reopen(self) -> IMAPClient:
         """A new connection to the same folder, within one pass: UIDs must mean the same."""

@@ -135,15 +135,26 @@ def test_a_refused_batch_is_fetched_one_by_one(
     assert client._imap.stream.read() == LATER
 
 
-def test_refusals_with_nothing_served_after_them_fail_the_pass() -> None:
-    """Throttling, or a server in trouble, refuses everything: nothing is skipped (the
-    pass fails and is tried again), not even after a message that came through."""
+@pytest.mark.parametrize("probe_served", [False, True])
+def test_refusals_with_nothing_served_after_them_are_checked_first(
+    probe_served: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Throttling, or a server in trouble, refuses everything from some point on: after
+    trailing refusals the server is asked again for a message it served. Refused too:
+    the pass fails (nothing skipped). Served: the refused messages are the broken ones."""
     no = b"A1 NO [UNAVAILABLE] try later"
     served = [b"* 1 FETCH (UID 5 BODY[] {3}", b"one)", b"A1 OK done"]
-    response = b"\r\n".join([no, *served, no, no, no, no, b""])
+    probe = [b"* 1 FETCH (UID 5 BODY[HEADER] {2}", b"h)", b"A1 OK done"]
+    response = b"\r\n".join([no, *served, no, no, no, no, *(probe if probe_served else [no]), b""])
     source, client = _source(response)
-    with pytest.raises(ImapError, match=r"refused UID\(s\) 6, 7 and returned nothing"):
-        _fetch(source, client, [5, 6, 7])
+    if not probe_served:
+        with pytest.raises(ImapError, match="refuses every message now"):
+            _fetch(source, client, [5, 6, 7])
+        return
+    items = _fetch(source, client, [5, 6, 7])
+    assert [i.uid for i in items] == [5]
+    assert "cannot return UID 6" in caplog.text and "cannot return UID 7" in caplog.text
+    assert client._imap.sent[-1] == b"A1 UID FETCH 5 (UID BODY.PEEK[HEADER])\r\n"
 
 
 def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
