@@ -18,8 +18,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Container, Iterator
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import prepared_batches
@@ -30,6 +33,8 @@ from store.models import MailboxState
 log = logging.getLogger(__name__)
 # mailbox_state row holding the ctime (ns) up to which cur/ has been read.
 CUR_STATE = "maildir:cur"
+# mailbox_state rows naming files in cur/ that could not be read: tried again.
+UNREADABLE_STATE = "maildir:unreadable:"
 # File timestamps come from a coarse kernel clock: scan a little into the past.
 CTIME_MARGIN_NS = 50_000_000
 Progress = Callable[[str, int, int], None]
@@ -55,8 +60,6 @@ class MaildirSource:
         self.root = Path(mailbox.path or "").expanduser()
         # cur/ names this process produced itself in the last pass (no need to re-read).
         self.handled: set[str] = set()
-        # Files in cur/ that could not be read: tried again by the next pass.
-        self.unreadable: set[Path] = set()
 
     def pending(
         self,
@@ -116,20 +119,20 @@ class MaildirSource:
         unreadable: set[Path] = set()  # files this pass could not read
         # Files in cur/ an earlier pass could not read, tried again by name (the
         # watermark went on: files in new/ are read every pass anyway).
-        again = [path for path in self.unreadable if path.exists()]
+        owed = self._unreadable_before()
+        again = [path for path in owed if path.exists()]
         while True:
             scan_started = self._clock_ns() - CTIME_MARGIN_NS
             files = self.pending(since, skip, {path.name for path in unreadable})
             files += [path for path in again if path not in files]
             again = []
             if not files:
-                self._set_watermark(scan_started)
-                self.unreadable = {path for path in unreadable if path.parent.name == "cur"}
+                self._set_watermark(scan_started, owed, unreadable)
                 return outcomes
             produced, stopped = self._store_files(files, outcomes, progress, stop, unreadable)
             self.handled = produced
             if stopped:
-                self.unreadable |= {path for path in unreadable if path.parent.name == "cur"}
+                self._set_watermark(since, owed - set(again), unreadable | set(again))
                 return outcomes
             since, skip = scan_started, produced
             # Let our own renames fall behind the next scan's margin, so the final
@@ -211,7 +214,26 @@ class MaildirSource:
             state = session.get(MailboxState, (self.mailbox.name, CUR_STATE))
             return state.last_uid if state is not None else 0
 
-    def _set_watermark(self, value: int) -> None:
+    def _unreadable_before(self) -> set[Path]:
+        """Files in cur/ earlier passes could not read (kept in the database: a
+        ``poll --once`` from cron or a restarted poller tries them again too)."""
+        with self.ingestor.db.session() as session:
+            rows = session.scalars(
+                select(MailboxState.folder).where(
+                    MailboxState.mailbox == self.mailbox.name,
+                    MailboxState.folder.startswith(UNREADABLE_STATE, autoescape=True),
+                )
+            )
+            return {self.root / "cur" / name[len(UNREADABLE_STATE) :] for name in rows}
+
+    def _set_watermark(
+        self,
+        value: int,
+        owed: AbstractSet[Path] = frozenset(),
+        unreadable: AbstractSet[Path] = frozenset(),
+    ) -> None:
+        """Record how far cur/ was read, and which of its files must be tried again."""
+        still = {path.name for path in unreadable if path.parent.name == "cur"}
         with self.ingestor.db.write() as session:
             state = session.get(MailboxState, (self.mailbox.name, CUR_STATE))
             if state is None:
@@ -222,6 +244,19 @@ class MaildirSource:
                 )
             else:
                 state.last_uid = value
+            for name in {path.name for path in owed} - still:  # read now, or gone
+                row = session.get(MailboxState, (self.mailbox.name, UNREADABLE_STATE + name))
+                if row is not None:
+                    session.delete(row)
+            for name in still - {path.name for path in owed}:
+                session.add(
+                    MailboxState(
+                        mailbox=self.mailbox.name,
+                        folder=UNREADABLE_STATE + name,
+                        uidvalidity=0,
+                        last_uid=0,
+                    )
+                )
 
     def _after(self, path: Path) -> str:
         """Mark a stored file (flags kept, S added unless after = "none"); its new name."""

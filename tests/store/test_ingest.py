@@ -35,6 +35,7 @@ from store.models import (
     Blob,
     Direction,
     Event,
+    MailboxState,
     Message,
     OutboxItem,
     Person,
@@ -376,22 +377,24 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     assert [o.disposition for o in desk.poll()] == ["new-ticket"]
     assert desk.files("new") == [bad.name] and f"{later.name}:2,S" in desk.files("cur")
     # Mail delivered straight into cur/ (mbsync) that cannot be read is tried again by
-    # name by the running poller, while the watermark moves on (the files after it are
-    # not read again and again).
-    source = MaildirSource(
-        desk.settings.mailbox[0], desk.settings, Ingestor(desk.settings, desk.ws.db)
-    )
+    # name (remembered in the database: each poll here is a new source, as with
+    # `deskq poll --once` from cron), while the watermark moves on: the files after it
+    # are not read again and again.
     in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
     in_cur.write_bytes(email(subject="Read on the server already"))
     refused.add(in_cur.name)
-    assert source.pass_once() == []
+    assert desk.poll() == []
     time.sleep(0.1)
     desk.drop(email(subject="Meanwhile"))
-    assert [o.disposition for o in source.pass_once()] == ["new-ticket"]
-    assert source.pass_once() == []  # nothing read twice
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]
+    assert desk.poll() == []  # nothing read twice
     monkeypatch.undo()  # readable again: stored by the next pass
-    assert sorted(o.disposition for o in source.pass_once()) == ["new-ticket"] * 2
+    assert sorted(o.disposition for o in desk.poll()) == ["new-ticket"] * 2
     assert desk.files("new") == [] and desk.count(RawSource) == 8
+    assert desk.poll() == []
+    with desk.ws.db.session() as s:  # nothing owed any more
+        folders = set(s.scalars(select(MailboxState.folder)))
+    assert folders == {"maildir:cur"}
 
 
 def test_mail_put_in_cur_is_read_whatever_this_machines_clock_says(
