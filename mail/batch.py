@@ -347,7 +347,9 @@ class Batch:
                 select(RawSource.id, RawSource.queues)
                 .where(RawSource.id.in_(part))
                 .order_by(RawSource.id)
-                .with_for_update()
+                # FOR NO KEY UPDATE: still one poller at a time per email, while the
+                # key checks of inserts that refer to the row (known_copies) go on.
+                .with_for_update(key_share=True)
             ):
                 self.recorded[rid] = None if queues is None else {int(q) for q in queues.split()}
             for held_by, tid in self.session.execute(
@@ -402,7 +404,7 @@ class Batch:
         for p in batch:
             wanted.setdefault(p.parsed.from_addr or UNKNOWN_SENDER, p.parsed.from_name)
         self._read_people(list(wanted))
-        missing = [a for a in wanted if a not in self.people]
+        missing = sorted(a for a in wanted if a not in self.people)  # one order everywhere
         rows = [
             {
                 "address": a,
@@ -669,7 +671,9 @@ class Batch:
         stmt = _insert_skipping(self.session, RAWS, "identity").returning(
             RAWS.c.identity, RAWS.c.id
         )
-        for part in _chunks(rows, 100):
+        # In one order in every process (two pollers claiming the same new emails in
+        # opposite orders would wait on each other's unique-index entries).
+        for part in _chunks(sorted(rows, key=lambda row: str(row["identity"])), 100):
             for identity, raw_id in self.conn.execute(stmt, part):
                 inserted[identity] = raw_id
         return inserted

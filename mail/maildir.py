@@ -48,6 +48,16 @@ def _delivery_time(path: Path) -> datetime | None:
         return None
 
 
+def _storable(name: str) -> bool:
+    """Whether a file name can be kept in the database (not bytes beyond UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        log.error("cannot remember %r to try it again: its name is not UTF-8", name)
+        return False
+    return True
+
+
 class MaildirError(Exception):
     """The Maildir cannot be used (missing, not a Maildir, unreadable)."""
 
@@ -131,8 +141,8 @@ class MaildirSource:
                 return outcomes
             produced, stopped = self._store_files(files, outcomes, progress, stop, unreadable)
             self.handled = produced
-            if stopped:
-                self._set_watermark(since, owed - set(again), unreadable | set(again))
+            if stopped:  # owed files not reached yet (still there) stay owed
+                self._set_watermark(since, owed, unreadable | {p for p in owed if p.exists()})
                 return outcomes
             since, skip = scan_started, produced
             # Let our own renames fall behind the next scan's margin, so the final
@@ -233,7 +243,9 @@ class MaildirSource:
         unreadable: AbstractSet[Path] = frozenset(),
     ) -> None:
         """Record how far cur/ was read, and which of its files must be tried again."""
-        still = {path.name for path in unreadable if path.parent.name == "cur"}
+        still = {
+            path.name for path in unreadable if path.parent.name == "cur" and _storable(path.name)
+        }
         with self.ingestor.db.write() as session:
             state = session.get(MailboxState, (self.mailbox.name, CUR_STATE))
             if state is None:

@@ -397,6 +397,41 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     assert folders == {"maildir:cur"}
 
 
+def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
+    make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    desk = make_desk(sqlite_url, batch_size=1)
+    read_bytes = Path.read_bytes
+    refused: set[str] = set()
+
+    def refuse(path: Path) -> bytes:
+        if path.name in refused:  # an I/O error: the ctime does not change when it ends
+            raise OSError(5, "Input/output error", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
+    in_cur.write_bytes(email(subject="Read on the server already"))
+    refused.add(in_cur.name)
+    assert desk.poll() == []
+    time.sleep(0.1)
+    desk.drop(email(subject="A"))
+    desk.drop(email(subject="B"))
+    refused.clear()
+    source = MaildirSource(
+        desk.settings.mailbox[0], desk.settings, Ingestor(desk.settings, desk.ws.db)
+    )
+    assert len(source.pass_once(stop=lambda: True)) == 1  # a shutdown after one batch
+    for _ in range(2):
+        desk.poll()
+        time.sleep(0.1)
+    with desk.ws.db.session() as s:
+        subjects = set(s.scalars(select(Ticket.subject)))
+        folders = set(s.scalars(select(MailboxState.folder)))
+    assert subjects == {"A", "B", "Read on the server already"}
+    assert folders == {"maildir:cur"}
+
+
 def test_mail_put_in_cur_is_read_whatever_this_machines_clock_says(
     make_desk: Callable[..., Desk],
     sqlite_url: str,

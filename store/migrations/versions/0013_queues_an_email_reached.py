@@ -23,7 +23,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("raw_sources", sa.Column("queues", sa.String(length=200), nullable=True))
+    # (A development build had the column in 0012.)
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("raw_sources")}
+    if "queues" not in columns:
+        op.add_column("raw_sources", sa.Column("queues", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
