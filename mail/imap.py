@@ -164,7 +164,7 @@ class ImapSource:
         if not self.recovered:
             self._finish_interrupted(client, last)
             self.recovered = True
-        self.served = last or None  # a message the server has (a probe, see _fetch_singly)
+        self.served = None  # the last message served in this pass (see _still_serves)
         outcomes: list[Outcome] = []
         # Repeat until a SEARCH finds nothing new: mail that lands during a long pass is
         # announced only in replies to the pass's own commands, which imapclient drops.
@@ -340,7 +340,10 @@ class ImapSource:
         # Refusals with nothing served after them may be the server's state, not the
         # messages': it must serve a message it served before, now, to tell.
         trailing = bool(refused) and (not found or refused[-1][0] > (found[-1].uid or 0))
-        if trailing and not self._still_serves(client):
+        serves = False
+        if trailing:
+            serves, client = self._still_serves(client, {uid for uid, _ in refused})
+        if trailing and not serves:
             raise ImapError(
                 f"mailbox {self.mailbox.name!r}: the server refuses every message now "
                 f"({str(refused[-1][1])[:200]}); tried again next pass"
@@ -356,18 +359,30 @@ class ImapSource:
             )
         return found, client
 
-    def _still_serves(self, client: IMAPClient) -> bool:
-        """Whether the server returns a message it served before (one still there)."""
-        if self.served is None:
-            return False
-        try:
-            tag = send_fetch(client, str(self.served), "(UID BODY.PEEK[HEADER])")
-            return any(isinstance(part, tuple) for part in read_fetch(client, tag, "probe"))
-        except ImapError:
-            return False
-        except ServerBye:
-            self._abandon(client)
-            return False
+    def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:
+        """Whether the server returns, now, a message it holds below the refused ones:
+        the one served last in this pass, else up to three of the latest in the folder
+        (a broken one left earlier may be among them); and the connection to go on with."""
+        lowest = min(refused)
+        candidates = [self.served] if self.served and self.served < lowest else []
+        if lowest > 1:
+            window = client.search(["UID", f"{max(1, lowest - 1000)}:{lowest - 1}"])
+            candidates += sorted((u for u in window if u < lowest), reverse=True)
+        tried: set[int] = set()
+        for uid in candidates:
+            if uid in tried or uid in refused or len(tried) == 3:
+                continue
+            tried.add(uid)
+            try:
+                tag = send_fetch(client, str(uid), "(UID BODY.PEEK[HEADER])")
+                if any(isinstance(part, tuple) for part in read_fetch(client, tag, "probe")):
+                    return True, client
+            except ImapError:
+                continue
+            except ServerBye:  # (a broken one left earlier): on to the next
+                self._abandon(client)
+                client = self._reopen()
+        return False, client
 
     def _reopen(self) -> IMAPClient:
         """A new connection to the same folder, within one pass: UIDs must mean the same."""

@@ -761,6 +761,39 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     assert subjects == {f"Monitor flickers {i}" for i in range(5) if i != bad - 1}
 
 
+def test_a_second_broken_message_alone_is_skipped_too(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The check that the server still serves asks for messages below the refused one,
+    passing over a broken one left by an earlier pass."""
+    acct = account()
+    acct.append(email("Fine 1"), email("Fine 2"), email("Broken 3"))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=3))
+    acct.count()
+    maildir = acct.dovecot.maildir(acct.user)
+    broken = []
+    try:
+        for subject in ("Broken 3", "Broken 4"):
+            if subject == "Broken 4":
+                acct.append(email(subject))
+                acct.count()
+            files = sorted([*(maildir / "cur").iterdir(), *(maildir / "new").iterdir()])
+            new = [f for f in files if f.stat().st_mode & 0o777 and f.name not in broken][-1]
+            os.chmod(new, 0)
+            broken.append(new.name)
+            (status,) = poll_once(ws)
+            assert status.failures == 0, status.last_error
+        assert count(ws, RawSource) == 2 and acct.unseen() == [3, 4]
+        assert "cannot return UID 4" in caplog.text
+    finally:
+        for name in broken:
+            for path in maildir.glob(f"*/{name.split(':')[0]}*"):
+                os.chmod(path, 0o600)
+
+
 def test_an_after_action_that_fails_is_not_sent_again_in_the_same_pass(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],

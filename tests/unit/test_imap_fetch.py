@@ -49,7 +49,7 @@ def _source(response: bytes) -> tuple[ImapSource, Any]:
     settings = parse_settings(CONFIG)
     source = ImapSource(settings.mailbox[0], settings, ingestor=None)  # type: ignore[arg-type]
     source.uidvalidity = 7
-    return source, SimpleNamespace(_imap=FakeImap(response))
+    return source, SimpleNamespace(_imap=FakeImap(response), search=lambda criteria: [])
 
 
 def _fetch(source: ImapSource, client: Any, chunk: list[int]) -> list[Any]:
