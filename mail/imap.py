@@ -309,7 +309,7 @@ class ImapSource:
 
         A message the server refuses twice on its own is left in the folder, untouched,
         and logged, but only if the server serves other messages: a later one of the
-        batch, or (asked again, after the refusals) one it served before. Otherwise
+        batch, or (asked for after the refusals) one the folder holds. Otherwise
         (throttling, a server in trouble) the pass fails, to be tried again; so does a
         lost connection (no answer at all).
         """
@@ -338,7 +338,7 @@ class ImapSource:
         if found:
             self.served = found[-1].uid
         # Refusals with nothing served after them may be the server's state, not the
-        # messages': it must serve a message it served before, now, to tell.
+        # messages': it must serve another message now, to tell.
         trailing = bool(refused) and (not found or refused[-1][0] > (found[-1].uid or 0))
         serves = False
         if trailing:
@@ -360,11 +360,11 @@ class ImapSource:
         return found, client
 
     def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:
-        """Whether the server returns, now, a message it holds below the refused ones:
-        the one served last in this pass, else up to three of the latest in the folder
+        """Whether the server returns, now, another message of the folder: the one it
+        served last in this pass, else up to three of the latest below the refused ones
         (a broken one left earlier may be among them); and the connection to go on with."""
         lowest = min(refused)
-        candidates = [self.served] if self.served and self.served < lowest else []
+        candidates = [self.served] if self.served and self.served not in refused else []
         if lowest > 1:
             window = client.search(["UID", f"{max(1, lowest - 1000)}:{lowest - 1}"])
             candidates += sorted((u for u in window if u < lowest), reverse=True)
