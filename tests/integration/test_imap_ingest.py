@@ -729,6 +729,17 @@ def test_mail_the_database_cannot_index_is_kept_and_blocks_nothing(
     assert flagged == [cjk[:500]] and {"Before 2", "After 2"} <= subjects
 
 
+def _message_files(maildir: Path) -> list[Path]:
+    """Dovecot's files of a Maildir, in UID order (from its dovecot-uidlist)."""
+    by_base = {f.name.split(":")[0]: f for sub in ("cur", "new") for f in (maildir / sub).iterdir()}
+    ordered = []
+    for line in (maildir / "dovecot-uidlist").read_text().splitlines()[1:]:
+        uid, _, rest = line.partition(" ")
+        base = rest.rsplit(":", 1)[-1] if ":" in rest else rest.split()[-1]
+        ordered.append((int(uid), by_base[base.split(":")[0]]))
+    return [f for _, f in sorted(ordered)]
+
+
 @pytest.mark.parametrize("bad", [3, 4, 5])  # first or last of a batch, or alone in one
 def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     account: Callable[[], Account],
@@ -743,7 +754,7 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     acct, ws, _ = _two_per_batch(account, workspaces, sqlite_url, "Monitor flickers", 5)
     acct.count()  # Dovecot has indexed them
     maildir = acct.dovecot.maildir(acct.user)
-    files = sorted([*(maildir / "cur").iterdir(), *(maildir / "new").iterdir()])
+    files = _message_files(maildir)
     assert len(files) == 5
     os.chmod(files[bad - 1], 0)  # a disk error, a wrong owner
     try:
@@ -780,8 +791,7 @@ def test_a_second_broken_message_alone_is_skipped_too(
             if subject == "Broken 4":
                 acct.append(email(subject))
                 acct.count()
-            files = sorted([*(maildir / "cur").iterdir(), *(maildir / "new").iterdir()])
-            new = [f for f in files if f.stat().st_mode & 0o777 and f.name not in broken][-1]
+            new = _message_files(maildir)[-1]  # the latest message
             os.chmod(new, 0)
             broken.append(new.name)
             (status,) = poll_once(ws)
