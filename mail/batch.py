@@ -72,31 +72,26 @@ def _fmt(addresses: Sequence[tuple[str, str]]) -> str:
     return display_addresses(addresses)
 
 
-def _insert_skipping(session: Session, model: Any, key: str) -> Any:
-    """INSERT ... ON CONFLICT (key) DO NOTHING, on either backend (safe against any race)."""
+def _insert_skipping(session: Session, model: Any, key: str | None) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, on either backend (safe against any race).
+
+    ``key`` None: whatever conflicts (the primary key, say) is skipped.
+    """
     if session.get_bind().dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:
         from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-    return dialect_insert(model).on_conflict_do_nothing(index_elements=[key])
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=[key] if key else None)
 
 
 def _queue_list(ids: Iterable[int]) -> str:
     return " ".join(map(str, sorted(ids)))
 
 
-def _insert_ignore_keys(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
-    """Multi-row INSERT that skips rows whose primary key exists."""
-    if session.get_bind().dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-    for part in _chunks(rows):
-        session.execute(dialect_insert(model).on_conflict_do_nothing(), part)
-
-
-def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], key: str) -> None:
-    """Multi-row INSERT that skips rows whose ``key`` exists."""
+def _insert_ignore(
+    session: Session, model: Any, rows: list[dict[str, Any]], key: str | None
+) -> None:
+    """Multi-row INSERT that skips rows whose ``key`` (None: any key) exists."""
     for part in _chunks(rows):
         session.execute(_insert_skipping(session, model, key), part)
 
@@ -201,8 +196,9 @@ class Batch:
         self._load_people([*claimed, *(p for p, _ in addressed)])
         # Locks in one order in every process: the copies' raw sources (by id), then
         # all tickets (by id, with those the copies' emails are in).
+        ours = set(inserted.values())  # rows this batch inserted: locked already
         holders = self._lock_reached(
-            [rid for _, rid in addressed if rid is not None and rid not in inserted.values()]
+            [rid for _, rid in addressed if rid is not None and rid not in ours]
         )
         self._prefetch_threads([*claimed, *(p for p, _ in addressed)], holders)
         dispositions: list[dict[str, Any]] = []
@@ -335,7 +331,7 @@ class Batch:
             rows[key] = dict(zip(("mailbox", "folder", "uidvalidity", "uid"), key, strict=True))
             rows[key] |= {"raw_id": rid, "created_at": self.now}
         if rows:
-            _insert_ignore_keys(self.session, KnownCopy, list(rows.values()))
+            _insert_ignore(self.session, KnownCopy, list(rows.values()), None)
 
     def _lock_reached(self, raw_ids: Sequence[int]) -> set[int]:
         """Lock the raw sources of stored email that copies belong to (two pollers with

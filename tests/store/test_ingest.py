@@ -348,6 +348,21 @@ def test_a_failing_batch_leaves_its_files_and_later_ones_in_new(
     assert desk.count(RawSource) == desk.count(Ticket) == 5
 
 
+def _refuse_reads(monkeypatch: pytest.MonkeyPatch, error: OSError) -> set[str]:
+    """Reading a file whose name is in the returned set raises ``error`` (simulated:
+    chmod 000 does not stop root, who runs CI)."""
+    refused: set[str] = set()
+    read_bytes = Path.read_bytes
+
+    def refuse(path: Path) -> bytes:
+        if path.name in refused:
+            raise type(error)(error.errno, error.strerror, str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    return refused
+
+
 def test_an_unreadable_file_does_not_hold_up_the_others(
     make_desk: Callable[..., Desk],
     sqlite_url: str,
@@ -359,15 +374,8 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     bad = desk.drop(email(subject="Unreadable"))
     odd = desk.drop(email(subject="Delivered in the year 33658"))
     os.utime(odd, ns=(10**21, 10**21))
-    read_bytes = Path.read_bytes
-    refused = {bad.name}
-
-    def refuse(path: Path) -> bytes:
-        if path.name in refused:  # (chmod 000 does not stop root, who runs CI)
-            raise PermissionError(13, "Permission denied", str(path))
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    refused = _refuse_reads(monkeypatch, PermissionError(13, "Permission denied"))
+    refused.add(bad.name)
     outcomes = desk.poll()
     assert [o.disposition for o in outcomes] == ["new-ticket"] * 4
     assert desk.files("new") == [bad.name]  # left in place, tried again next pass
@@ -401,15 +409,8 @@ def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
     make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     desk = make_desk(sqlite_url, batch_size=1)
-    read_bytes = Path.read_bytes
-    refused: set[str] = set()
-
-    def refuse(path: Path) -> bytes:
-        if path.name in refused:  # an I/O error: the ctime does not change when it ends
-            raise OSError(5, "Input/output error", str(path))
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    # An I/O error: unlike a chmod fix, its end does not change the file's ctime.
+    refused = _refuse_reads(monkeypatch, OSError(5, "Input/output error"))
     in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
     in_cur.write_bytes(email(subject="Read on the server already"))
     refused.add(in_cur.name)
