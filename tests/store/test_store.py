@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -12,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from store import migrate, services
 from store.config import parse_settings
-from store.db import Database, DatabaseError
+from store.db import PAGE_SIZE, Database, DatabaseError
 from store.models import Direction, Event, Message, Person, Priority, Queue, Status, Ticket
 from store.views import iter_tickets, ticket_detail
 from store.workspace import open_workspace, sync_queues
@@ -219,6 +221,28 @@ def test_sqlite_pragmas(sqlite_url: str) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == PAGE_SIZE == 16384
+    db.close()
+
+
+def test_a_database_with_other_pages_keeps_them(tmp_path: Path) -> None:
+    """Databases made before PAGE_SIZE (4 KB pages) open, upgrade and work unchanged."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (x)")  # the page size is now fixed
+        conn.execute("DROP TABLE t")
+    db = Database.open(f"sqlite:///{path}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
+        assert migrate.current_revision(conn) == migrate.SCHEMA_HEAD
+    with db.write() as session:
+        session.add(Person(address="a@corp.example"))
+    with db.session() as session:
+        assert session.scalars(select(Person.address)).all() == ["a@corp.example"]
     db.close()
 
 
