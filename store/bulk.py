@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
@@ -39,14 +40,16 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     # Column defaults are evaluated once per statement (SQLAlchemy: once per row); the
     # only callable ones are "now", the same instant for a batch.
     extra = tuple(default() for default in defaults)
-    params = [
-        tuple(
-            v if p is None else p(v)
-            for p, v in zip(processors, map(row.__getitem__, keys), strict=True)
-        )
-        + extra
-        for row in rows
-    ]
+    values = itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],)
+    convert = [(i, p) for i, p in enumerate(processors) if p is not None]
+    params: list[tuple[Any, ...]] = []
+    for row in rows:
+        cells = values(row)
+        if convert:
+            cells = list(cells)
+            for i, p in convert:
+                cells[i] = p(cells[i])
+        params.append((*cells, *extra))
     # Multi-row statements: for a statement that fires triggers (messages: search)
     # SQLite journals every page it changes, so as to undo that statement alone; an
     # executemany would journal the same pages once per row (a tenth of the writing).

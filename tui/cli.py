@@ -300,6 +300,11 @@ def cmd_poll(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from mail import pipeline
+
+    # The parse worker starts (a process of its own, on another core) while this one
+    # loads the database layer and opens the database: ready when the first mail is.
+    pipeline.warm()
     from mail.poller import poll_once, run_forever
 
     _poll_logging(args.debug)

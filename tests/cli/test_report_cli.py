@@ -12,6 +12,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -245,3 +246,21 @@ def test_now_is_utc_aware(demo: Demo) -> None:
     until = datetime.fromisoformat(data["until"])
     assert until.utcoffset() == timedelta(0)
     assert abs(datetime.now(UTC) - until) < timedelta(minutes=10)
+
+
+def test_by_choices_are_the_reports_groupings() -> None:
+    """The CLI's copy of the groupings (kept apart so commands start without the database)."""
+    from store.report import BY
+    from tui.cli_report import BY as CLI_BY
+
+    assert CLI_BY == BY
+
+
+def test_building_the_parser_loads_no_database_code() -> None:
+    """``deskq poll`` starts its parse worker before loading SQLAlchemy (see cmd_poll)."""
+    code = (
+        "import sys; from tui.cli import build_parser; build_parser(); "
+        "print('sqlalchemy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
