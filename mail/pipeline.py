@@ -131,43 +131,91 @@ def _prepare_remote(items: list[Incoming], max_bytes: int) -> list[Prepared]:
     return out
 
 
+# Messages per task sent to the worker: small enough that the caller can take over
+# what the worker has not begun, large enough that sending a task costs little.
+PART = 100
+
+
 def prepared_batches(
     batches: Iterable[list[Incoming]], max_bytes: int
 ) -> Generator[list[Prepared], None, None]:
-    """The batches, prepared, in order; batch n+1 is parsed while batch n is used."""
-    pending: Future[list[Prepared]] | list[Incoming] | None = None
-    pending_items: list[Incoming] = []
-    for items in batches:
-        submitted = _submit(items, max_bytes)
+    """The batches, prepared, in order; batch n+1 is parsed while batch n is used.
+
+    A batch goes to the worker in parts of :data:`PART` messages. When the caller
+    wants a batch, the parts the worker has not begun are parsed by the caller itself,
+    from the end: a caller with time to spare (storing less than it takes to parse)
+    shares the parsing instead of waiting for the worker.
+    """
+    pending: _Pending | None = None
+    submitted: _Pending | None = None
+    try:
+        for items in batches:
+            submitted = _submit(items, max_bytes)
+            if pending is not None:
+                yield pending.result()
+            pending, submitted = submitted, None
         if pending is not None:
-            yield _result(pending, pending_items, max_bytes)
-        pending, pending_items = submitted, items
-    if pending is not None:
-        yield _result(pending, pending_items, max_bytes)
+            yield pending.result()
+    finally:
+        for left in (pending, submitted):  # stopped early: parts not begun are dropped
+            if left is not None:
+                left.cancel()
 
 
-def _submit(items: list[Incoming], max_bytes: int) -> Future[list[Prepared]] | list[Incoming]:
-    pool = _get_pool() if len(items) >= POOL_THRESHOLD else None
-    if pool is None:
-        return items
-    try:
-        return pool.submit(_prepare_remote, items, max_bytes)
-    except (BrokenProcessPool, RuntimeError):
-        _shutdown()
-        return items
+class _Pending:
+    """A batch being prepared: in parts by the worker, or (without one) in-process."""
 
+    def __init__(self, items: list[Incoming], max_bytes: int) -> None:
+        self.items, self.max_bytes = items, max_bytes
+        self.parts: list[tuple[list[Incoming], Future[list[Prepared]] | None]] = []
 
-def _result(
-    pending: Future[list[Prepared]] | list[Incoming], items: list[Incoming], max_bytes: int
-) -> list[Prepared]:
-    if isinstance(pending, list):
-        return _prepare_all(pending, max_bytes)
-    try:
-        prepared = pending.result()
+    def result(self) -> list[Prepared]:
+        parts = self.parts or [(self.items, None)]
+        done: list[list[Prepared] | None] = [None] * len(parts)
+        # From the end: a part the worker has not begun (cancel succeeds) is prepared
+        # here. The worker takes parts in order: once one has begun, all before it have.
+        for index in range(len(parts) - 1, -1, -1):
+            items, future = parts[index]
+            if future is not None and not future.cancel():
+                break
+            done[index] = _prepare_all(items, self.max_bytes)
+        out: list[Prepared] = []
+        for (items, future), prepared in zip(parts, done, strict=True):
+            out += self._collect(items, future) if prepared is None else prepared
+        return out
+
+    def _collect(
+        self, items: list[Incoming], future: Future[list[Prepared]] | None
+    ) -> list[Prepared]:
+        assert future is not None
+        try:
+            prepared = future.result()
+        except BrokenProcessPool:
+            if _pool is not None:
+                log.warning("parse worker died; parsing in-process")
+                _shutdown()
+            return _prepare_all(items, self.max_bytes)
         for own, item in zip(prepared, items, strict=True):
             own.item = item
         return prepared
-    except BrokenProcessPool:
-        log.warning("parse worker died; parsing this batch in-process")
+
+    def cancel(self) -> None:
+        for _, future in self.parts:
+            if future is not None:
+                future.cancel()
+
+
+def _submit(items: list[Incoming], max_bytes: int) -> _Pending:
+    pending = _Pending(items, max_bytes)
+    pool = _get_pool() if len(items) >= POOL_THRESHOLD else None
+    if pool is None:
+        return pending
+    sent = 0
+    try:
+        for sent in range(0, len(items), PART):
+            part = items[sent : sent + PART]
+            pending.parts.append((part, pool.submit(_prepare_remote, part, max_bytes)))
+    except (BrokenProcessPool, RuntimeError):
         _shutdown()
-        return _prepare_all(items, max_bytes)
+        pending.parts.append((items[sent:], None))  # the rest in-process
+    return pending
