@@ -398,25 +398,25 @@ def _lxml_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _walk(part: Message, found: list[Message], attached: list[Message]) -> None:
-    """Leaf parts in order; attached messages are kept whole, not descended into."""
+def _walk(part: Message, found: list[tuple[Message, str, bool]]) -> None:
+    """Leaf parts in order, each with its content type and whether it is an attached
+    message (kept whole, not descended into)."""
     ctype = part.get_content_type()
     if ctype == "message/rfc822" or ctype == "message/global":
-        attached.append(part)
-        found.append(part)
+        found.append((part, ctype, True))
         return
     if part.is_multipart():
         payload = part.get_payload()
         if isinstance(payload, list):
             for sub in payload:
                 if isinstance(sub, Message):
-                    _walk(sub, found, attached)
+                    _walk(sub, found)
         return
-    found.append(part)
+    found.append((part, ctype, False))
 
 
-def _is_attachment(part: Message) -> bool:
-    if part.get_content_type() not in ("text/plain", "text/html"):
+def _is_attachment(part: Message, ctype: str) -> bool:
+    if ctype not in ("text/plain", "text/html"):
         return True
     disposition = str(part.get("Content-Disposition") or "")
     if not disposition and "name=" not in str(part.get("Content-Type") or ""):
@@ -425,14 +425,12 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _bodies_and_attachments(msg: Message, p: ParsedMessage, hint: Hint) -> None:
-    leaves: list[Message] = []
-    attached: list[Message] = []
-    _walk(msg, leaves, attached)
+    leaves: list[tuple[Message, str, bool]] = []
+    _walk(msg, leaves)
     plain: list[str] = []
     html: list[str] = []
-    for index, part in enumerate(leaves, start=1):
-        ctype = part.get_content_type()
-        if part in attached:
+    for index, (part, ctype, attached) in enumerate(leaves, start=1):
+        if attached:
             whole = _attached_bytes(part)
             inner_subject = ""
             with contextlib.suppress(Exception):
@@ -460,7 +458,7 @@ def _bodies_and_attachments(msg: Message, p: ParsedMessage, hint: Hint) -> None:
                     )
                 )
             )
-        if not _is_attachment(part):
+        if not _is_attachment(part, ctype):
             (plain if ctype == "text/plain" else html).append(_payload_text(part, p.problems, hint))
             continue
         data: Any = None
