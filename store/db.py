@@ -81,6 +81,9 @@ def _is_file_path(url: URL) -> bool:
 # import makes a third as many write calls and takes 5 % less time. Databases made
 # before keep their pages (SQLite changes them only on a VACUUM outside WAL mode).
 PAGE_SIZE = 16384
+# Log after which a committing connection checkpoints (outside background_checkpoints):
+# SQLite's default of 1,000 pages of 4 KB, the same in bytes whatever the page size.
+AUTOCHECKPOINT_BYTES = 4 << 20
 
 
 def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> Engine:
@@ -113,12 +116,16 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, cache_mb: int, **kw: Any) -> 
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Pages of log after which a committing connection copies them into the
-        # database: SQLite's default, or 0 while Database.background_checkpoints runs.
+        # Log after which a committing connection copies it into the database:
+        # SQLite's default, or none while Database.background_checkpoints runs.
         wal = conn.get_execution_options().get("deskq_wal")
-        wanted = wal["autocheckpoint"] if wal else 1000
+        wanted = wal["autocheckpoint"] if wal else AUTOCHECKPOINT_BYTES
         if conn.info.get("wal_autocheckpoint") != wanted:  # per connection, kept by the pool
-            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wanted)}")
+            page = conn.info.get("page_size")
+            if page is None:
+                page = int(conn.exec_driver_sql("PRAGMA page_size").scalar())
+                conn.info["page_size"] = page
+            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {-(-int(wanted) // page)}")
             conn.info["wal_autocheckpoint"] = wanted
         if wal and wal.get("catch_up"):
             # PASSIVE: never waits for readers or writers (a lease renewal may be the
@@ -165,7 +172,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._wal: dict[str, Any] = {"autocheckpoint": 1000, "catch_up": False}
+        self._wal: dict[str, Any] = {"autocheckpoint": AUTOCHECKPOINT_BYTES, "catch_up": False}
         write_engine = (
             engine.execution_options(sqlite_begin="IMMEDIATE", deskq_wal=self._wal)
             if self.is_sqlite
@@ -265,7 +272,7 @@ class Database:
         finally:
             stop.set()
             thread.join(timeout=10)
-            self._wal["autocheckpoint"] = 1000
+            self._wal["autocheckpoint"] = AUTOCHECKPOINT_BYTES
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -283,7 +290,7 @@ def _checkpoint_loop(path: str, stop: threading.Event, wal: dict[str, Any]) -> N
         page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     except sqlite3.Error:
         log.warning("background checkpoints unavailable for %s", path, exc_info=True)
-        wal["autocheckpoint"] = 1000  # commits checkpoint again, as by default
+        wal["autocheckpoint"] = AUTOCHECKPOINT_BYTES  # commits checkpoint again, as by default
         return
     try:
         while True:
@@ -304,5 +311,5 @@ def _checkpoint_loop(path: str, stop: threading.Event, wal: dict[str, Any]) -> N
         log.exception("background checkpoints of %s stopped", path)
         raise
     finally:
-        wal["autocheckpoint"] = 1000  # whatever ended the thread: commits take over
+        wal["autocheckpoint"] = AUTOCHECKPOINT_BYTES  # whatever ended the thread: commits do
         conn.close()

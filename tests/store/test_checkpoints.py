@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -18,8 +19,13 @@ CHUNK = os.urandom(1 << 20)  # incompressible, one MB
 
 
 def _autocheckpoint(db: Database) -> int:
+    """The log size at which a commit checkpoints, in bytes (0: never)."""
     with db.write() as s:
-        return int(s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
+        pages = int(s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
+        return pages * int(s.execute(text("PRAGMA page_size")).scalar_one())
+
+
+DEFAULT = 4 << 20  # SQLite's default: 1,000 pages of 4 KB
 
 
 def _write_mb(db: Database, count: int, pause: float = 0.0) -> None:
@@ -44,13 +50,13 @@ def test_the_log_is_copied_by_the_thread_not_by_commits(tmp_path: Path) -> None:
     with db.write() as s:
         s.execute(text("CREATE TABLE junk (data BLOB)"))
     start = path.stat().st_size
-    assert _autocheckpoint(db) == 1000
+    assert _autocheckpoint(db) == DEFAULT
     with db.background_checkpoints():
         assert _autocheckpoint(db) == 0  # the committing connection leaves the log alone
         _write_mb(db, 12)
         # The thread copies the log into the database file by itself.
         assert _wait_for(lambda: path.stat().st_size >= start + (12 << 20))
-    assert _autocheckpoint(db) == 1000  # back to SQLite's default afterwards
+    assert _autocheckpoint(db) == DEFAULT  # back to SQLite's default afterwards
     db.close()
 
 
@@ -59,15 +65,29 @@ def test_without_the_thread_commits_checkpoint_as_usual(tmp_path: Path) -> None:
     db = Database.open(f"sqlite:///{path}")
     with db.write() as s:
         s.execute(text("CREATE TABLE junk (data BLOB)"))
-    _write_mb(db, 6)  # past 1000 pages: a commit checkpoints
+    _write_mb(db, 6)  # past 4 MB of log: a commit checkpoints
     assert path.stat().st_size >= 4 << 20
+    db.close()
+
+
+def test_databases_with_4_kb_pages_checkpoint_at_the_same_size(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (x)")  # the page size is now fixed
+        conn.execute("DROP TABLE t")
+    db = Database.open(f"sqlite:///{path}")
+    with db.write() as s:
+        assert s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 1024
+    assert _autocheckpoint(db) == DEFAULT
     db.close()
 
 
 def test_no_op_for_memory_databases() -> None:
     db = Database.open("sqlite:///:memory:")
     with db.background_checkpoints():
-        assert db._wal["autocheckpoint"] == 1000
+        assert db._wal["autocheckpoint"] == DEFAULT
     db.close()
 
 
@@ -101,8 +121,8 @@ def test_commits_checkpoint_again_when_the_thread_cannot_run(
     # The thread's own connection fails (the engine's connections are left alone).
     monkeypatch.setattr(db_module, "sqlite3", SimpleNamespace(connect=refuse, Error=sqlite3.Error))
     with db.background_checkpoints():
-        assert _wait_for(lambda: db._wal["autocheckpoint"] == 1000)
-        assert _autocheckpoint(db) == 1000
+        assert _wait_for(lambda: db._wal["autocheckpoint"] == DEFAULT)
+        assert _autocheckpoint(db) == DEFAULT
     db.close()
 
 
@@ -112,7 +132,7 @@ def test_uri_filenames_keep_sqlites_own_checkpoints(
     monkeypatch.chdir(tmp_path)
     db = Database.open(f"sqlite:///file:{tmp_path / 'x.db'}?uri=true")
     with db.background_checkpoints():
-        assert _autocheckpoint(db) == 1000
+        assert _autocheckpoint(db) == DEFAULT
     db.close()
     assert (tmp_path / "x.db").exists()
     assert not (tmp_path / "file:").exists()  # a URI is not a folder to create
