@@ -325,7 +325,7 @@ class Batch:
         rows = {}
         for p, raw_id in copies:
             item, rid = p.item, raw_id
-            if item.uid is None or item.uidvalidity is None or rid is None:
+            if item.uid is None or item.uidvalidity is None or rid is None or item.unreadable:
                 continue
             key = (item.mailbox, item.folder, item.uidvalidity, item.uid)
             rows[key] = dict(zip(("mailbox", "folder", "uidvalidity", "uid"), key, strict=True))
@@ -649,7 +649,8 @@ class Batch:
             "mailbox": item.mailbox,
             "folder": item.folder,
             "uidvalidity": item.uidvalidity,
-            "uid": item.uid,
+            # (an email the server would not return keeps no UID: nothing may mark it)
+            "uid": None if item.unreadable else item.uid,
             "received_at": arrival(item),
             "disposition": disposition,
         }

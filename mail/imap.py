@@ -9,6 +9,7 @@ after-action (``seen``, ``move:FOLDER`` or ``none``). deskq never deletes mail.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import ssl
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any
 
 from imapclient import IMAPClient
@@ -226,7 +229,9 @@ class ImapSource:
                     uidvalidity=self.uidvalidity,
                     last_uid=max(chunk),
                 )
-                committed += [p.item.uid for p in prepared if p.item.uid is not None]
+                committed += [
+                    p.item.uid for p in prepared if p.item.uid is not None and not p.item.unreadable
+                ]
                 done += len(chunk)
                 if progress:
                     progress(self.mailbox.name, done, len(uids))
@@ -351,13 +356,46 @@ class ImapSource:
         for uid, why in refused:
             log.error(
                 "mailbox %s: the server cannot return UID %d (%s); left untouched in %s "
-                "for a person to look at",
+                "for a person to look at, and a ticket flagged unreadable says so",
                 self.mailbox.name,
                 uid,
                 str(why)[:200],
                 self.mailbox.folder,
             )
+        # Each refused message gets a ticket in its place: nothing vanishes unseen.
+        found += [self._unreadable(uid, why) for uid, why in refused]
+        found.sort(key=lambda item: item.uid or 0)
         return found, client
+
+    def _unreadable(self, uid: int, why: Exception) -> Incoming:
+        """A stand-in for a message the server will not return, stored in its place.
+
+        Its text is the same on every attempt (the identity of the stand-in, so a pass
+        retried after a crash recognises it); the server's words go in the flag.
+        """
+        box = self.mailbox
+        folder, name = " ".join(box.folder.split()), " ".join(box.name.split())
+        place = hashlib.sha256(f"{box.name}\n{box.folder}".encode()).hexdigest()[:16]
+        notice = EmailMessage()
+        notice["Subject"] = f"Unreadable message: UID {uid} in {folder} ({name})"
+        notice["Message-ID"] = f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>"
+        notice.set_content(
+            "deskq could not read this email: the mail server refused to return it, "
+            "twice, while it returned other messages of the same folder (on Dovecot: "
+            "a message file it cannot read, a disk error).\n\n"
+            f"It is left where it is, untouched and unread: UID {uid} "
+            f"(UIDVALIDITY {self.uidvalidity}) of folder {folder} in mailbox "
+            f"{name}. Open it in a mail client, or ask the mail server's "
+            "administrator to repair it. deskq does not try to read it again.\n"
+        )
+        return Incoming(
+            raw=notice.as_bytes(policy=SMTP),
+            mailbox=box.name,
+            folder=box.folder,
+            uidvalidity=self.uidvalidity,
+            uid=uid,
+            unreadable=f"the mail server refused to return this email: {str(why)[:300]}",
+        )
 
     def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:
         """Whether the server returns, now, another message of the folder: the one it

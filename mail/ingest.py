@@ -181,7 +181,9 @@ class Ingestor:
             flags.append(("too-large", _too_large_detail(p)))
         if not is_new:
             return flags
-        if parsed.fatal:
+        if p.item.unreadable:
+            flags.append(("unreadable", p.item.unreadable))
+        elif parsed.fatal:
             flags.append(("parse-error", f"{parsed.fatal}. The raw source is kept."))
         automatic = automatic_reasons(parsed)
         if is_bounce(parsed):

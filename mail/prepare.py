@@ -26,6 +26,10 @@ class Incoming:
     # When the mail reached the mailbox (IMAP INTERNALDATE, Maildir delivery time);
     # ticket clocks start here, not when deskq happened to poll.
     received_at: datetime | None = None
+    # Set when the source could not read the email at all: ``raw`` is then deskq's
+    # account of it (a ticket says what happened), and the email itself is left where
+    # it is, untouched: no after-action, no sync record of its UID.
+    unreadable: str | None = None
 
 
 @dataclass
@@ -55,6 +59,8 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
     else:
         parsed = parse(raw)
     has_html, parsed.html = parsed.html is not None, None  # not stored: not sent back either
+    if item.unreadable:
+        parsed.fatal = item.unreadable
     identity = content_identity(raw, parsed.message_id)
     legacy = None
     if parsed.message_id is None:

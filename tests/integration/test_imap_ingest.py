@@ -750,7 +750,8 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
 ) -> None:
     """Dovecot answers a FETCH that includes a message file it cannot read with a BYE
     (other servers with a tagged NO): the batch is fetched one by one, the unreadable
-    message stays in the folder, unread and logged, and everything else is stored."""
+    message stays in the folder, unread and logged, a ticket flagged unreadable stands
+    in for it, and everything else is stored."""
     acct, ws, _ = _two_per_batch(account, workspaces, sqlite_url, "Monitor flickers", 5)
     acct.count()  # Dovecot has indexed them
     maildir = acct.dovecot.maildir(acct.user)
@@ -760,16 +761,33 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     try:
         (status,) = poll_once(ws)
         assert status.failures == 0, status.last_error
-        assert count(ws, RawSource) == 4 and acct.unseen() == [bad]
+        assert count(ws, RawSource) == 5 and acct.unseen() == [bad]
         assert f"cannot return UID {bad}" in caplog.text
         (status,) = poll_once(ws)  # and the next pass goes on from there
-        assert status.failures == 0 and count(ws, RawSource) == 4
+        assert status.failures == 0 and count(ws, RawSource) == 5
     finally:  # (Dovecot may have moved the file from new/ to cur/ meanwhile)
         for path in maildir.glob(f"*/{files[bad - 1].name.split(':')[0]}*"):
             os.chmod(path, 0o600)
     with ws.db.session() as s:
         subjects = set(s.scalars(select(Ticket.subject)))
-    assert subjects == {f"Monitor flickers {i}" for i in range(5) if i != bad - 1}
+        flagged = s.execute(
+            select(Ticket.subject, TicketFlag.detail)
+            .join(TicketFlag)
+            .where(TicketFlag.flag == "unreadable")
+        ).all()
+        stand_in = s.scalars(
+            select(RawSource).where(RawSource.identity.like("<unreadable.%"))
+        ).one()
+        text = s.scalars(select(Message.text_body).where(Message.raw_id == stand_in.id)).one()
+    stand_in_subject = f"Unreadable message: UID {bad} in INBOX (helpdesk)"
+    assert subjects == {f"Monitor flickers {i}" for i in range(5) if i != bad - 1} | {
+        stand_in_subject
+    }
+    assert [subject for subject, _ in flagged] == [stand_in_subject]
+    assert "refused to return this email" in flagged[0][1]
+    assert f"UID {bad}" in text and "untouched and unread" in text
+    # Nothing may mark it later (a restart's after-action recovery reads stored UIDs).
+    assert stand_in.uid is None
 
 
 def test_a_second_broken_message_alone_is_skipped_too(
@@ -796,7 +814,7 @@ def test_a_second_broken_message_alone_is_skipped_too(
             broken.append(new.name)
             (status,) = poll_once(ws)
             assert status.failures == 0, status.last_error
-        assert count(ws, RawSource) == 2 and acct.unseen() == [3, 4]
+        assert count(ws, RawSource) == 4 and acct.unseen() == [3, 4]  # 2 and 2 stand-ins
         assert "cannot return UID 4" in caplog.text
     finally:
         for name in broken:
