@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -14,6 +13,7 @@ from sqlalchemy import make_url, text
 
 from store import db as db_module
 from store.db import Database, _is_file_path
+from tests.support import empty_database_with_4k_pages
 
 CHUNK = os.urandom(1 << 20)  # incompressible, one MB
 
@@ -71,13 +71,7 @@ def test_without_the_thread_commits_checkpoint_as_usual(tmp_path: Path) -> None:
 
 
 def test_databases_with_4_kb_pages_checkpoint_at_the_same_size(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA page_size = 4096")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (x)")  # the page size is now fixed
-        conn.execute("DROP TABLE t")
-    db = Database.open(f"sqlite:///{path}")
+    db = Database.open(empty_database_with_4k_pages(tmp_path / "old.db"))
     with db.write() as s:
         assert s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 1024
     assert _autocheckpoint(db) == DEFAULT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,6 +18,7 @@ from store.models import Direction, Event, Message, Person, Priority, Queue, Sta
 from store.views import iter_tickets, ticket_detail
 from store.workspace import open_workspace, sync_queues
 from tests.servers import PostgresCluster
+from tests.support import empty_database_with_4k_pages
 
 CONFIG = """
 me = "alice@corp.example"
@@ -227,15 +227,7 @@ def test_sqlite_pragmas(sqlite_url: str) -> None:
 
 def test_a_database_with_other_pages_keeps_them(tmp_path: Path) -> None:
     """Databases made before PAGE_SIZE (4 KB pages) open, upgrade and work unchanged."""
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA page_size = 4096")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (x)")  # the page size is now fixed
-        conn.execute("DROP TABLE t")
-    db = Database.open(f"sqlite:///{path}")
+    db = Database.open(empty_database_with_4k_pages(tmp_path / "old.db"))
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
         assert migrate.current_revision(conn) == migrate.SCHEMA_HEAD
