@@ -108,7 +108,8 @@ def test_a_refused_batch_is_fetched_one_by_one(
     refusal: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A tagged NO or BAD is read once, and the batch's messages are asked for one at a
-    time: the one the server refuses twice is left (logged), the others come through."""
+    time: the one the server refuses twice is left (logged, a stand-in in its place),
+    the others come through."""
     response = b"\r\n".join(
         [
             refusal,  # the batch
@@ -126,7 +127,11 @@ def test_a_refused_batch_is_fetched_one_by_one(
     )
     source, client = _source(response)
     items = _fetch(source, client, [5, 6, 7])
-    assert [(i.uid, i.raw) for i in items] == [(5, b"one"), (7, b"three")]
+    assert [(i.uid, i.raw) for i in items if not i.unreadable] == [(5, b"one"), (7, b"three")]
+    (stand_in,) = [i for i in items if i.unreadable]
+    assert [i.uid for i in items] == [5, 6, 7]
+    assert stand_in.uid == 6 and refusal.split(b" ", 1)[1].decode() in stand_in.unreadable
+    assert b"Subject: Unreadable message: UID 6 in INBOX" in stand_in.raw
     assert client._imap.sent == [
         b"A1 UID FETCH 5,6,7 (UID INTERNALDATE BODY.PEEK[])\r\n",
         *(b"A1 UID FETCH %d (UID INTERNALDATE BODY.PEEK[])\r\n" % u for u in (5, 6, 6, 7)),
@@ -152,7 +157,7 @@ def test_refusals_with_nothing_served_after_them_are_checked_first(
             _fetch(source, client, [5, 6, 7])
         return
     items = _fetch(source, client, [5, 6, 7])
-    assert [i.uid for i in items] == [5]
+    assert [(i.uid, bool(i.unreadable)) for i in items] == [(5, False), (6, True), (7, True)]
     assert "cannot return UID 6" in caplog.text and "cannot return UID 7" in caplog.text
     assert client._imap.sent[-1] == b"A1 UID FETCH 5 (UID BODY.PEEK[HEADER])\r\n"
 
