@@ -363,6 +363,16 @@ def _refuse_reads(monkeypatch: pytest.MonkeyPatch, error: OSError) -> set[str]:
     return refused
 
 
+def _unreadable_in_cur(desk: Desk, refused: set[str]) -> None:
+    """Mail delivered straight into cur/ that cannot be read: one poll stores nothing,
+    and the clock moves on past it."""
+    in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
+    in_cur.write_bytes(email(subject="Read on the server already"))
+    refused.add(in_cur.name)
+    assert desk.poll() == []
+    time.sleep(0.1)
+
+
 def test_an_unreadable_file_does_not_hold_up_the_others(
     make_desk: Callable[..., Desk],
     sqlite_url: str,
@@ -388,11 +398,7 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     # name (remembered in the database: each poll here is a new source, as with
     # `deskq poll --once` from cron), while the watermark moves on: the files after it
     # are not read again and again.
-    in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
-    in_cur.write_bytes(email(subject="Read on the server already"))
-    refused.add(in_cur.name)
-    assert desk.poll() == []
-    time.sleep(0.1)
+    _unreadable_in_cur(desk, refused)
     desk.drop(email(subject="Meanwhile"))
     assert [o.disposition for o in desk.poll()] == ["new-ticket"]
     assert desk.poll() == []  # nothing read twice
@@ -411,11 +417,7 @@ def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
     desk = make_desk(sqlite_url, batch_size=1)
     # An I/O error: unlike a chmod fix, its end does not change the file's ctime.
     refused = _refuse_reads(monkeypatch, OSError(5, "Input/output error"))
-    in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
-    in_cur.write_bytes(email(subject="Read on the server already"))
-    refused.add(in_cur.name)
-    assert desk.poll() == []
-    time.sleep(0.1)
+    _unreadable_in_cur(desk, refused)
     desk.drop(email(subject="A"))
     desk.drop(email(subject="B"))
     refused.clear()
