@@ -26,7 +26,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
-from mail.pipeline import prepared_batches
+from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import Incoming
 from store.config import MailboxSettings, Settings
 from store.models import KnownCopy, MailboxState, RawSource
@@ -55,6 +55,7 @@ class ServerBye(IMAPClientAbortError):  # type: ignore[misc]
 
 
 FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"
+SIZE_ITEMS = "(UID RFC822.SIZE)"
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -188,8 +189,14 @@ class ImapSource:
         progress: Progress | None,
         stop: Callable[[], bool] | None = None,
     ) -> list[Outcome]:
-        size = self.settings.ingest.batch_size
-        chunks = [uids[start : start + size] for start in range(0, len(uids), size)]
+        sizes, client = self._sizes(client, uids)
+        ingest = self.settings.ingest
+        chunks = [
+            uids[start:end]
+            for start, end in batch_bounds(
+                [sizes.get(uid, 0) for uid in uids], ingest.batch_size, ingest.batch_bytes
+            )
+        ]
         outcomes: list[Outcome] = []
         done = 0
         # Stored and committed, after-action not applied yet: it is applied when no
@@ -256,6 +263,37 @@ class ImapSource:
                     # The pass fails anyway; the next one applies these.
                     log.debug("mailbox %s: after-action left", self.mailbox.name, exc_info=True)
         return outcomes
+
+    def _sizes(self, client: IMAPClient, uids: list[int]) -> tuple[dict[int, int], IMAPClient]:
+        """The size of each of ``uids`` (RFC822.SIZE, from the server's index: no
+        message is read), to keep batches within ``batch_bytes``; and the connection.
+
+        One email needs none. A server that will not say (a message file it cannot
+        read may make Dovecot answer BYE) leaves batches bounded by count alone, as
+        the FETCH that follows finds the message it refuses.
+        """
+        if len(uids) < 2:
+            return {}, client
+        sizes: dict[int, int] = {}
+        try:
+            tag = send_fetch(client, f"{uids[0]}:{uids[-1]}", SIZE_ITEMS)
+            for text in read_fetch(client, tag, self.mailbox.name):
+                if isinstance(text, bytes):
+                    uid, size = _UID.search(text), _SIZE.search(text)
+                    if uid is not None and size is not None:
+                        sizes[int(uid.group(1))] = int(size.group(1))
+        except (ImapError, ServerBye) as exc:
+            log.warning(
+                "mailbox %s: the server did not give message sizes (%s); batches are "
+                "bounded by batch_size alone this pass",
+                self.mailbox.name,
+                str(exc)[:200],
+            )
+            if isinstance(exc, ServerBye):
+                self._abandon(client)
+                client = self._reopen()
+            return {}, client
+        return sizes, client
 
     def _abandon(self, client: IMAPClient) -> None:
         """Drop a connection that has an answer pending: no further command on it."""
@@ -673,6 +711,7 @@ _UNTAGGED_FETCH = re.compile(rb"\* \d+ FETCH\b", re.IGNORECASE)
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 _UID = re.compile(rb"\bUID (\d+)")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)", re.IGNORECASE)
 
 
 _MONTHS = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
-from mail.pipeline import prepared_batches
+from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import Incoming
 from store.config import MailboxSettings, Settings
 from store.models import MailboxState
@@ -46,6 +46,14 @@ def _delivery_time(path: Path) -> datetime | None:
         return datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except (OSError, ValueError, OverflowError):  # gone meanwhile, or a year like 33658
         return None
+
+
+def _size(path: Path) -> int:
+    """A file's size (0 if it is gone: reading it says so)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _storable(name: str) -> bool:
@@ -157,14 +165,16 @@ class MaildirSource:
         stop: Callable[[], bool] | None,
         unreadable: set[Path],
     ) -> tuple[set[str], bool]:
-        size = self.settings.ingest.batch_size
+        ingest = self.settings.ingest
+        sizes = [_size(path) for path in files]
+        bounds = batch_bounds(sizes, ingest.batch_size, ingest.batch_bytes)
         paths: list[list[Path]] = []
         produced: set[str] = set()
 
         def read() -> Iterator[list[Incoming]]:
-            for start in range(0, len(files), size):
+            for start, end in bounds:
                 items, found = [], []
-                for path in files[start : start + size]:
+                for path in files[start:end]:
                     try:
                         raw = path.read_bytes()
                     except FileNotFoundError:  # taken by another reader meanwhile

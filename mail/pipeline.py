@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -134,6 +134,25 @@ def _prepare_remote(items: list[Incoming], max_bytes: int) -> list[Prepared]:
 # Messages per task sent to the worker: small enough that the caller can take over
 # what the worker has not begun, large enough that sending a task costs little.
 PART = 100
+
+
+def batch_bounds(sizes: Sequence[int], count: int, max_bytes: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges cutting ``sizes`` into consecutive batches of at most
+    ``count`` emails and ``max_bytes`` bytes (an email larger than that alone).
+
+    A batch is fetched, parsed and committed whole, and the pipeline holds about three
+    at once: a count alone would let 200 emails of 20 MB (scans, photos) take gigabytes.
+    """
+    bounds: list[tuple[int, int]] = []
+    start = total = 0
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= count or total + size > max_bytes):
+            bounds.append((start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        bounds.append((start, len(sizes)))
+    return bounds
 
 
 def prepared_batches(

@@ -271,6 +271,11 @@ class IngestSettings:
         default=25 * 1024 * 1024,
     )
     batch_size: int = doc("Messages fetched and committed per transaction.", default=200)
+    batch_bytes: int = doc(
+        "Bytes of email fetched and committed per transaction at most (an email larger "
+        "than this goes alone): bounds memory on mailboxes of large attachments.",
+        default=32 * 1024 * 1024,
+    )
 
 
 @dataclass(frozen=True)
@@ -575,6 +580,14 @@ def _check(s: Settings, path: Path | str) -> None:
             "ingest",
             "max_message_bytes must be >= 1024 and batch_size >= 1.",
             "use e.g. max_message_bytes = 26214400, batch_size = 200.",
+        )
+    if s.ingest.batch_bytes < 1024 * 1024:
+        raise ConfigError(
+            path,
+            "ingest.batch_bytes",
+            f"{s.ingest.batch_bytes} is below 1 MiB (most emails with an attachment "
+            "would be a batch of their own).",
+            "use e.g. batch_bytes = 33554432 (32 MiB, the default).",
         )
     for i, q in enumerate(s.queue):
         for j, domain in enumerate(q.allowed_domains):

@@ -207,12 +207,15 @@ def config_toml(
     busy_timeout_ms: int | None = None,
     batch_size: int | None = None,
     auto_ack: bool = False,
+    batch_bytes: int | None = None,
 ) -> str:
     text = f"[database]\nurl = {json.dumps(db_url)}\n"
     if busy_timeout_ms is not None:
         text += f"busy_timeout_ms = {busy_timeout_ms}\n"
-    if batch_size is not None:
-        text += f"\n[ingest]\nbatch_size = {batch_size}\n"
+    if batch_size is not None or batch_bytes is not None:
+        text += "\n[ingest]\n"
+        text += f"batch_size = {batch_size}\n" if batch_size is not None else ""
+        text += f"batch_bytes = {batch_bytes}\n" if batch_bytes is not None else ""
     text += "\n" + "\n".join(mailboxes)
     return text + QUEUES.format(auto_ack=json.dumps(auto_ack))
 
@@ -788,6 +791,77 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     assert f"UID {bad}" in text and "untouched and unread" in text
     # Nothing may mark it later (a restart's after-action recovery reads stored UIDs).
     assert stand_in.uid is None
+
+
+def _recording_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The raw size of every email of every batch stored from now on."""
+    batches: list[list[int]] = []
+    real = Ingestor.store_batch
+
+    def recording(self: Ingestor, prepared: list[Any], **kw: Any) -> list[Outcome]:
+        batches.append([len(p.item.raw) for p in prepared])
+        return real(self, prepared, **kw)
+
+    monkeypatch.setattr(Ingestor, "store_batch", recording)
+    return batches
+
+
+def test_batches_stay_within_batch_bytes(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sizes of the new messages are asked first (RFC822.SIZE): a batch holds at
+    most batch_bytes of email, one larger than that goes alone, whatever batch_size
+    says. Mailboxes of scans and photos cannot take gigabytes of memory."""
+    acct = account()
+    line = "0123456789" * 7 + "\r\n"
+    sizes = [300_000] * 3 + [1_500_000] + [300_000] * 4
+    acct.multiappend(
+        [email(f"Scan {i}", body=line * (size // len(line))) for i, size in enumerate(sizes)]
+    )
+    limit = 1024 * 1024
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_bytes=limit))
+    batches = _recording_batches(monkeypatch)
+    [status] = poll_ok(ws)
+    assert status.stored == len(sizes) and acct.unseen() == []
+    assert [len(b) for b in batches] == [3, 1, 3, 1]  # the large one alone
+    assert all(len(b) == 1 or sum(b) <= limit for b in batches), batches
+
+
+def test_a_server_that_gives_no_sizes_still_has_every_message_stored(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A file put into the Maildir by hand, unreadable (its name carries no size):
+    Dovecot answers the sizes FETCH with BYE. The pass goes on over a new connection
+    with batches bounded by count, and the message gets its stand-in as usual."""
+    acct = account()
+    acct.append(email("Fan loud 1"), email("Fan loud 2"))
+    acct.count()
+    maildir = acct.dovecot.maildir(acct.user)
+    by_hand = maildir / "new" / f"{int(time.time())}.M1P1.by-hand"
+    by_hand.write_bytes(email("Fan loud 3"))
+    os.chmod(by_hand, 0)  # a wrong owner, from the start
+    try:
+        acct.append(email("Fan loud 4"))  # Dovecot gives the file a UID on the way
+        ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+        batches = _recording_batches(monkeypatch)
+        with caplog.at_level(logging.WARNING):
+            [status] = poll_ok(ws)
+        assert "did not give message sizes" in caplog.text
+        [unread] = acct.unseen()
+        assert f"cannot return UID {unread}" in caplog.text
+        assert status.stored == 4
+        assert [len(b) for b in batches] == [4]  # 3 emails and the stand-in
+        assert count(ws, RawSource) == 4
+    finally:
+        for path in maildir.glob("*/*.by-hand*"):
+            os.chmod(path, 0o600)
 
 
 def test_a_second_broken_message_alone_is_skipped_too(

@@ -86,6 +86,7 @@ address = "hr@corp.example"
 [ingest]
 max_message_bytes = {max_bytes}
 batch_size = {batch_size}
+batch_bytes = {batch_bytes}
 """
 
 
@@ -107,6 +108,7 @@ class Desk:
             "hr_extra": "",
             "max_bytes": 25 * 1024 * 1024,
             "batch_size": 200,
+            "batch_bytes": 32 * 1024 * 1024,
             **options,
         }
         self.settings: Settings = parse_settings(CONFIG.format(**values))
@@ -475,6 +477,32 @@ def test_replies_thread_across_batches(make_desk: Callable[..., Desk], sqlite_ur
     one, two = desk.poll()
     assert (one.disposition, two.disposition) == ("new-ticket", "threaded")
     assert one.tickets == two.tickets
+
+
+def test_batches_stay_within_batch_bytes(
+    make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emails with large attachments: a batch holds at most batch_bytes of them (one
+    larger than that goes alone), so memory stays bounded whatever batch_size says."""
+    limit = 1024 * 1024
+    desk = make_desk(sqlite_url, batch_bytes=limit)
+    line = "0123456789" * 7 + "\n"
+    sizes = [300_000] * 3 + [1_500_000] + [300_000] * 4
+    for i, size in enumerate(sizes):
+        desk.drop(email(subject=f"Scan {i}", body=line * (size // len(line))))
+    batches: list[list[int]] = []
+    real = Ingestor.store_batch
+
+    def recording(self: Ingestor, prepared: list[Any], **kw: Any) -> list[Outcome]:
+        batches.append([len(p.item.raw) for p in prepared])
+        return real(self, prepared, **kw)
+
+    monkeypatch.setattr(Ingestor, "store_batch", recording)
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket"] * len(sizes)
+    assert desk.count(RawSource) == len(sizes) and len(desk.files("new")) == 0
+    assert [len(b) for b in batches] == [3, 1, 3, 1]  # the large one alone
+    assert all(len(b) == 1 or sum(b) <= limit for b in batches), batches
 
 
 @pytest.mark.parametrize(

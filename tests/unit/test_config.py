@@ -228,6 +228,12 @@ def test_string_port_is_a_type_error() -> None:
     assert "set mailbox[0].port to an integer" in err.fix
 
 
+def test_a_batch_bytes_limit_below_one_mebibyte_is_refused() -> None:
+    err = config_error("[ingest]\nbatch_bytes = 4096\n")
+    assert_names(err, "ingest.batch_bytes", "below 1 MiB", "batch_bytes = 33554432")
+    assert parse_settings("[ingest]\nbatch_bytes = 1048576\n").ingest.batch_bytes == 1 << 20
+
+
 def test_bool_is_not_an_integer() -> None:
     err = config_error("[database]\nbusy_timeout_ms = true\n")
     assert_names(err, "database.busy_timeout_ms", "expected an integer", "(a boolean)")

@@ -110,3 +110,31 @@ def test_stopping_early_drops_the_parts_not_begun(monkeypatch: pytest.MonkeyPatc
     # The batches read ahead (one part each here) were never begun: all dropped.
     assert len(submitted) == 2  # the first batch, and the next one read ahead
     assert all(f.cancelled() for f in submitted[1:])
+
+
+def test_batches_are_cut_by_count_and_by_bytes() -> None:
+    bounds = pipeline.batch_bounds
+    assert bounds([], 3, 100) == []
+    # Sizes unknown (0): by count alone.
+    assert bounds([0] * 7, 3, 100) == [(0, 3), (3, 6), (6, 7)]
+    # Bytes first: 40 + 40 fits, a third 40 would not.
+    assert bounds([40, 40, 40, 10, 10], 10, 100) == [(0, 2), (2, 5)]
+    # Exactly the limit fits; one byte more starts a new batch.
+    assert bounds([50, 50, 1], 10, 100) == [(0, 2), (2, 3)]
+    # An email larger than the limit goes alone, wherever it is.
+    assert bounds([10, 500, 10, 10], 10, 100) == [(0, 1), (1, 2), (2, 4)]
+    assert bounds([500, 500], 10, 100) == [(0, 1), (1, 2)]
+
+
+def test_batch_bounds_cover_every_email_once_in_order() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        sizes = [rng.choice([0, 1, 30, 99, 100, 101, 250]) for _ in range(rng.randrange(30))]
+        count, limit = rng.randrange(1, 6), 100
+        found = pipeline.batch_bounds(sizes, count, limit)
+        assert [i for start, end in found for i in range(start, end)] == list(range(len(sizes)))
+        for start, end in found:
+            assert 0 < end - start <= count
+            assert end - start == 1 or sum(sizes[start:end]) <= limit
