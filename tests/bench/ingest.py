@@ -133,14 +133,16 @@ batch_size = 500
     return config
 
 
-def poll_once(config: Path, password: str) -> tuple[float, int]:
-    """(seconds, peak RSS in KB) of one ``deskq poll --once``."""
+def poll_once(config: Path, password: str) -> tuple[float, int, float]:
+    """(seconds, peak RSS in KB, CPU seconds of deskq and its parse worker together)
+    of one ``deskq poll --once``."""
     env = {**os.environ, "BENCH_IMAP_PASSWORD": password}
     script = (
         "import resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
         "subprocess.run(sys.argv[1:], check=True)\n"
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, DESKQ, "--config", str(config), "poll", "--once"],
@@ -149,8 +151,8 @@ def poll_once(config: Path, password: str) -> tuple[float, int]:
         capture_output=True,
         text=True,
     )
-    seconds, rss = done.stdout.split()
-    return float(seconds), int(rss)
+    seconds, rss, cpu = done.stdout.split()
+    return float(seconds), int(rss), float(cpu)
 
 
 # (f): deskq's IMAP pass (fetch ahead, parse worker) with an ingestor that stores nothing.
@@ -252,7 +254,7 @@ def main() -> None:
         ceiling = plain_fetch(dovecot, user, password)
         run = work / "run"
         run.mkdir()
-        seconds, rss = poll_once(write_config(run, dovecot, user), password)
+        seconds, rss, cpu = poll_once(write_config(run, dovecot, user), password)
         stored = count_raw(run / "deskq.db")
         assert stored == args.messages, (stored, args.messages)
         rate = args.messages / seconds
@@ -261,6 +263,10 @@ def main() -> None:
             poll_once_msgs_per_s=round(rate),
             ratio_to_fetch=round(rate / ceiling, 3),
             peak_rss_mb=round(rss / 1024, 1),
+            # What bounds (b) on a small machine: deskq's CPU time (poller and parse
+            # worker) against the cores it has (Dovecot needs some too).
+            poll_once_cpu_s=round(cpu, 2),
+            cpu_cores=os.cpu_count(),
         )
         # (f) The same pass storing nothing, and a pass with nothing new.
         parse_only = work / "parse-only"
@@ -269,7 +275,7 @@ def main() -> None:
             write_config(parse_only, dovecot, user), password
         )
         assert count == args.messages, (count, args.messages)
-        empty_seconds, _ = poll_once(run / "config.toml", password)
+        empty_seconds, _, _ = poll_once(run / "config.toml", password)
         result.update(
             store_nothing_msgs_per_s=round(count / pass_seconds),
             store_nothing_ratio_to_fetch=round(count / pass_seconds / ceiling, 3),
@@ -282,7 +288,7 @@ def main() -> None:
                 linked = work / "linked"
                 linked.mkdir()
                 config = write_config(linked, dovecot, user, relay.port)
-                seconds3, _ = poll_once(config, password)
+                seconds3, _, _ = poll_once(config, password)
             assert count_raw(linked / "deskq.db") == args.messages
             linked_rate = args.messages / seconds3
             result.update(
@@ -296,7 +302,7 @@ def main() -> None:
             seed_folder(dovecot, user2, password2, corpus(args.backlog, seed=2))
             backlog = work / "backlog"
             backlog.mkdir()
-            seconds2, rss2 = poll_once(write_config(backlog, dovecot, user2), password2)
+            seconds2, rss2, _ = poll_once(write_config(backlog, dovecot, user2), password2)
             assert count_raw(backlog / "deskq.db") == args.backlog
             result.update(
                 backlog=args.backlog,

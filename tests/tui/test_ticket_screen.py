@@ -323,8 +323,12 @@ async def test_triage_and_help_from_the_ticket_screen(demo_ws: Demo) -> None:
         await ui.press("c")
         await ui.wait(lambda: "assigned to Alex Provider" in header(screen), "claimed")
         assert header(screen).count("open") >= 1
-        assert "assignment by alex.provider@corp.example: - → alex.provider@corp.example" in (
-            plain(screen.query_one(".history").content)
+        # The conversation and history are mounted anew after the header changes:
+        # waited for (old and new widgets may both be there for a moment).
+        claim = "assignment by alex.provider@corp.example: - → alex.provider@corp.example"
+        await ui.wait(
+            lambda: any(claim in plain(h.content) for h in screen.query(".history")),
+            "the claim in the history",
         )
         await ui.press("question_mark")
         help_screen = await ui.screen(HelpScreen)
