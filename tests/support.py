@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 # The shared corpus of real-world broken mail sits beside the checkout (../shared);
 # DESKQ_CORPUS_DIR points elsewhere. Tests that need it skip (or, in CI, fail) without.
@@ -25,3 +28,18 @@ def empty_database_with_4k_pages(path: Path) -> str:
         conn.execute("CREATE TABLE t (x)")
         conn.execute("DROP TABLE t")
     return f"sqlite:///{path}"
+
+
+def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The raw size of every email of every batch stored from now on (in order)."""
+    from mail.ingest import Ingestor, Outcome
+
+    batches: list[list[int]] = []
+    real = Ingestor.store_batch
+
+    def recording(self: Ingestor, prepared: list[Any], **kw: Any) -> list[Outcome]:
+        batches.append([len(p.item.raw) for p in prepared])
+        return real(self, prepared, **kw)
+
+    monkeypatch.setattr(Ingestor, "store_batch", recording)
+    return batches

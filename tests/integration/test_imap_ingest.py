@@ -51,7 +51,7 @@ from store.models import (
 from store.views import TicketDetail, TicketSummary, iter_tickets, ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
-from tests.support import CORPUS
+from tests.support import CORPUS, record_batch_sizes
 
 pytestmark = pytest.mark.dovecot
 
@@ -793,19 +793,6 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     assert stand_in.uid is None
 
 
-def _recording_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The raw size of every email of every batch stored from now on."""
-    batches: list[list[int]] = []
-    real = Ingestor.store_batch
-
-    def recording(self: Ingestor, prepared: list[Any], **kw: Any) -> list[Outcome]:
-        batches.append([len(p.item.raw) for p in prepared])
-        return real(self, prepared, **kw)
-
-    monkeypatch.setattr(Ingestor, "store_batch", recording)
-    return batches
-
-
 def test_batches_stay_within_batch_bytes(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],
@@ -823,7 +810,7 @@ def test_batches_stay_within_batch_bytes(
     )
     limit = 1024 * 1024
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_bytes=limit))
-    batches = _recording_batches(monkeypatch)
+    batches = record_batch_sizes(monkeypatch)
     [status] = poll_ok(ws)
     assert status.stored == len(sizes) and acct.unseen() == []
     assert [len(b) for b in batches] == [3, 1, 3, 1]  # the large one alone
@@ -850,7 +837,7 @@ def test_a_server_that_gives_no_sizes_still_has_every_message_stored(
     try:
         acct.append(email("Fan loud 4"))  # Dovecot gives the file a UID on the way
         ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
-        batches = _recording_batches(monkeypatch)
+        batches = record_batch_sizes(monkeypatch)
         with caplog.at_level(logging.WARNING):
             [status] = poll_ok(ws)
         assert "did not give message sizes" in caplog.text

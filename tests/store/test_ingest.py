@@ -50,7 +50,7 @@ from store.views import ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
 from tests.conftest import TEMPLATE_DB
-from tests.support import CORPUS
+from tests.support import CORPUS, record_batch_sizes
 
 PROVIDER = "alice@corp.example"
 
@@ -490,14 +490,7 @@ def test_batches_stay_within_batch_bytes(
     sizes = [300_000] * 3 + [1_500_000] + [300_000] * 4
     for i, size in enumerate(sizes):
         desk.drop(email(subject=f"Scan {i}", body=line * (size // len(line))))
-    batches: list[list[int]] = []
-    real = Ingestor.store_batch
-
-    def recording(self: Ingestor, prepared: list[Any], **kw: Any) -> list[Outcome]:
-        batches.append([len(p.item.raw) for p in prepared])
-        return real(self, prepared, **kw)
-
-    monkeypatch.setattr(Ingestor, "store_batch", recording)
+    batches = record_batch_sizes(monkeypatch)
     outcomes = desk.poll()
     assert [o.disposition for o in outcomes] == ["new-ticket"] * len(sizes)
     assert desk.count(RawSource) == len(sizes) and len(desk.files("new")) == 0
