@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Container, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import batch_bounds, prepared_batches
-from mail.prepare import Incoming
+from mail.prepare import STORE_LIMIT, Incoming
 from store.config import MailboxSettings, Settings
 from store.models import KnownCopy, MailboxState, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command
@@ -191,12 +191,17 @@ class ImapSource:
     ) -> list[Outcome]:
         sizes, client = self._sizes(client, uids)
         ingest = self.settings.ingest
-        chunks = [
-            uids[start:end]
-            for start, end in batch_bounds(
-                [sizes.get(uid, 0) for uid in uids], ingest.batch_size, ingest.batch_bytes
-            )
-        ]
+        # Larger than deskq stores: not fetched at all (a stand-in says so), each alone.
+        too_large = {uid: size for uid, size in sizes.items() if size > STORE_LIMIT}
+        chunks = _apart(
+            [
+                uids[start:end]
+                for start, end in batch_bounds(
+                    [sizes.get(uid, 0) for uid in uids], ingest.batch_size, ingest.batch_bytes
+                )
+            ],
+            too_large,
+        )
         outcomes: list[Outcome] = []
         done = 0
         # Stored and committed, after-action not applied yet: it is applied when no
@@ -210,7 +215,7 @@ class ImapSource:
                 self._after(self.client, pending)
 
         line = _Line()
-        fetched = self._fetch_ahead(client, chunks, after_committed, line)
+        fetched = self._fetch_ahead(client, chunks, after_committed, line, too_large)
         batches = prepared_batches(fetched, self.settings.ingest.max_message_bytes)
         failed = True
         try:
@@ -310,39 +315,59 @@ class ImapSource:
         chunks: list[list[int]],
         between: Callable[[], None],
         line: _Line,
+        too_large: dict[int, int] | None = None,
     ) -> Generator[list[Incoming], None, None]:
         """Each chunk's messages, in order; the next chunk's FETCH is sent before one is
         handed over, so the server answers it while the caller stores.
 
         ``between`` runs whenever no command is in flight (after-actions go there: an
         IMAP client reads answers in the order it sent the commands). ``line.busy``
-        says whether an answer is still unread, or was read only in part.
+        says whether an answer is still unread, or was read only in part. A chunk of
+        one message in ``too_large`` (UID: size) is not fetched: a stand-in takes its
+        place.
         """
+
+        too_large = too_large or {}
+
+        def send(client: IMAPClient, chunk: list[int]) -> bytes | None:
+            if len(chunk) == 1 and chunk[0] in too_large:
+                return None
+            line.busy = True
+            return send_fetch(client, _uid_set(chunk), FETCH_ITEMS)
+
         if not chunks:
             return
-        line.busy = True
-        tag = send_fetch(client, _uid_set(chunks[0]), FETCH_ITEMS)
+        tag = send(client, chunks[0])
         for index, chunk in enumerate(chunks):
-            try:
-                incoming = self._incoming(chunk, read_fetch(client, tag, self.mailbox.name))
-                if incoming:
-                    self.served = incoming[-1].uid
-            except (ImapError, ServerBye) as exc:
-                # The server refused the batch (a tagged NO, or a BYE: Dovecot's answer
-                # to a message file it cannot read). One unreadable message must not
-                # hold up the others: they are fetched one by one.
-                line.busy = False
-                if isinstance(exc, ServerBye):
-                    self._abandon(client)
-                incoming, client = self._fetch_singly(
-                    None if isinstance(exc, ServerBye) else client, chunk, exc
-                )
-            line.busy = False
+            if tag is None:
+                incoming = [self._too_large(chunk[0], too_large[chunk[0]])]
+            else:
+                incoming, client = self._read_chunk(client, chunk, tag, line)
             between()
-            if index + 1 < len(chunks):
-                line.busy = True
-                tag = send_fetch(client, _uid_set(chunks[index + 1]), FETCH_ITEMS)
+            tag = send(client, chunks[index + 1]) if index + 1 < len(chunks) else None
             yield incoming
+
+    def _read_chunk(
+        self, client: IMAPClient, chunk: list[int], tag: bytes, line: _Line
+    ) -> tuple[list[Incoming], IMAPClient]:
+        """The messages of the FETCH sent as ``tag``; the connection (a new one after
+        a refusal the server ended with BYE)."""
+        try:
+            incoming = self._incoming(chunk, read_fetch(client, tag, self.mailbox.name))
+            if incoming:
+                self.served = incoming[-1].uid
+        except (ImapError, ServerBye) as exc:
+            # The server refused the batch (a tagged NO, or a BYE: Dovecot's answer
+            # to a message file it cannot read). One unreadable message must not
+            # hold up the others: they are fetched one by one.
+            line.busy = False
+            if isinstance(exc, ServerBye):
+                self._abandon(client)
+            incoming, client = self._fetch_singly(
+                None if isinstance(exc, ServerBye) else client, chunk, exc
+            )
+        line.busy = False
+        return incoming, client
 
     def _fetch_singly(
         self, client: IMAPClient | None, chunk: list[int], refusal: Exception
@@ -406,10 +431,33 @@ class ImapSource:
         return found, client
 
     def _unreadable(self, uid: int, why: Exception) -> Incoming:
-        """A stand-in for a message the server will not return, stored in its place.
+        """A stand-in for a message the server will not return, stored in its place."""
+        return self._stand_in(
+            uid,
+            "deskq could not read this email: the mail server refused to return it, "
+            "twice, while it returned other messages of the same folder (on Dovecot: "
+            "a message file it cannot read, a disk error).",
+            "Open it in a mail client, or ask the mail server's administrator to repair it.",
+            f"the mail server refused to return this email: {str(why)[:300]}",
+        )
+
+    def _too_large(self, uid: int, size: int) -> Incoming:
+        """A stand-in for a message larger than deskq stores, never fetched."""
+        return self._stand_in(
+            uid,
+            f"This email is {size / 2**20:,.0f} MB, more than deskq stores "
+            f"({STORE_LIMIT / 2**20:,.0f} MB: beyond that neither memory nor the "
+            "database would hold it safely). It was not fetched.",
+            "Open it in a mail client and forward what matters in a smaller email.",
+            f"{size:,} bytes, over deskq's limit of {STORE_LIMIT:,}: not fetched",
+        )
+
+    def _stand_in(self, uid: int, what: str, advice: str, flag: str) -> Incoming:
+        """An email stored in place of one deskq cannot store (flagged unreadable).
 
         Its text is the same on every attempt (the identity of the stand-in, so a pass
-        retried after a crash recognises it); the server's words go in the flag.
+        retried after a crash recognises it); the server's words go in the flag. The
+        email itself keeps no UID in deskq: nothing ever marks or moves it.
         """
         box = self.mailbox
         folder, name = " ".join(box.folder.split()), " ".join(box.name.split())
@@ -418,13 +466,10 @@ class ImapSource:
         notice["Subject"] = f"Unreadable message: UID {uid} in {folder} ({name})"
         notice["Message-ID"] = f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>"
         notice.set_content(
-            "deskq could not read this email: the mail server refused to return it, "
-            "twice, while it returned other messages of the same folder (on Dovecot: "
-            "a message file it cannot read, a disk error).\n\n"
+            f"{what}\n\n"
             f"It is left where it is, untouched and unread: UID {uid} "
             f"(UIDVALIDITY {self.uidvalidity}) of folder {folder} in mailbox "
-            f"{name}. Open it in a mail client, or ask the mail server's "
-            "administrator to repair it. deskq does not try to read it again.\n"
+            f"{name}. {advice} deskq does not try to read it again.\n"
         )
         return Incoming(
             raw=notice.as_bytes(policy=SMTP),
@@ -432,7 +477,7 @@ class ImapSource:
             folder=box.folder,
             uidvalidity=self.uidvalidity,
             uid=uid,
-            unreadable=f"the mail server refused to return this email: {str(why)[:300]}",
+            unreadable=flag,
         )
 
     def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:
@@ -701,6 +746,22 @@ class _Line:
     """Whether a FETCH answer is pending on the connection (see _fetch_ahead)."""
 
     busy = False
+
+
+def _apart(chunks: list[list[int]], alone: Container[int]) -> list[list[int]]:
+    """``chunks`` with every UID in ``alone`` taken out into a chunk of its own."""
+    out: list[list[int]] = []
+    for chunk in chunks:
+        run: list[int] = []
+        for uid in chunk:
+            if uid in alone:
+                out += [run, [uid]] if run else [[uid]]
+                run = []
+            else:
+                run.append(uid)
+        if run:
+            out.append(run)
+    return out
 
 
 def _uid_set(uids: list[int]) -> str:

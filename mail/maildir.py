@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import batch_bounds, prepared_batches
-from mail.prepare import Incoming
+from mail.prepare import STORE_LIMIT, Incoming
 from store.config import MailboxSettings, Settings
 from store.models import MailboxState
 
@@ -174,7 +174,18 @@ class MaildirSource:
         def read() -> Iterator[list[Incoming]]:
             for start, end in bounds:
                 items, found = [], []
-                for path in files[start:end]:
+                for path, size in zip(files[start:end], sizes[start:end], strict=True):
+                    if size > STORE_LIMIT:
+                        log.error(
+                            "mailbox %s: %s is %d MB, more than deskq stores (%d MB); "
+                            "left in place, not read",
+                            self.mailbox.name,
+                            path,
+                            size >> 20,
+                            STORE_LIMIT >> 20,
+                        )
+                        unreadable.add(path)
+                        continue
                     try:
                         raw = path.read_bytes()
                     except FileNotFoundError:  # taken by another reader meanwhile

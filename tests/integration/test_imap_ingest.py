@@ -817,6 +817,52 @@ def test_batches_stay_within_batch_bytes(
     assert all(len(b) == 1 or sum(b) <= limit for b in batches), batches
 
 
+def test_an_email_larger_than_deskq_stores_is_not_fetched_and_a_stand_in_says_so(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over STORE_LIMIT (256 MB; lowered here) an email is never fetched: a ticket
+    flagged unreadable says so, the email stays in the folder, untouched and unread,
+    and the mail around it (in the same batch) is stored. The next pass goes on."""
+    acct = account()
+    line = "0123456789" * 7 + "\r\n"
+    acct.multiappend(
+        [
+            email("Toner low"),
+            email("Whole film", body=line * 4000),  # about 300 KB
+            email("Toner empty"),
+        ]
+    )
+    monkeypatch.setattr(imap_module, "STORE_LIMIT", 200_000)
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    batches = record_batch_sizes(monkeypatch)
+    fetched: list[str] = []
+    real_send = imap_module.send_fetch
+
+    def send(client: IMAPClient, uids: str, items: str) -> bytes:
+        fetched.append(uids)
+        return real_send(client, uids, items)
+
+    monkeypatch.setattr(imap_module, "send_fetch", send)
+    [status] = poll_ok(ws)
+    assert status.stored == 3 and acct.unseen() == [2]
+    assert fetched == ["1:3", "1", "3"]  # the sizes, then each side of UID 2, never it
+    assert len(batches) == 3
+    with ws.db.session() as s:
+        subjects = set(s.scalars(select(Ticket.subject)))
+        (detail,) = s.scalars(select(TicketFlag.detail).where(TicketFlag.flag == "unreadable"))
+        stand_in = s.scalars(select(RawSource).where(RawSource.identity.like("<unreadable.%")))
+        text = s.scalars(select(Message.text_body).where(Message.raw_id == stand_in.one().id))
+        body = text.one()
+    assert subjects == {"Toner low", "Toner empty", "Unreadable message: UID 2 in INBOX (helpdesk)"}
+    assert "over deskq's limit" in detail and "not fetched" in detail
+    assert "more than deskq stores" in body and "untouched and unread" in body
+    [again] = poll_ok(ws)
+    assert again.stored == 0 and count(ws, RawSource) == 3 and acct.unseen() == [2]
+
+
 def test_a_server_that_gives_no_sizes_still_has_every_message_stored(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],

@@ -413,6 +413,42 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     assert folders == {"maildir:cur"}
 
 
+def test_a_file_larger_than_deskq_stores_is_left_in_place_unread(
+    make_desk: Callable[..., Desk],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import mail.maildir as maildir_module
+
+    monkeypatch.setattr(maildir_module, "STORE_LIMIT", 100_000)
+    desk = make_desk(sqlite_url)
+    first = desk.drop(email(subject="Toner low"))
+    huge = desk.drop(email(subject="Whole film", body="0123456789\n" * 20_000))
+    reads = _count_reads(monkeypatch)
+    outcomes = desk.poll()
+    assert [o.disposition for o in outcomes] == ["new-ticket"]
+    assert huge.name not in reads  # never read into memory
+    assert desk.files("new") == [huge.name] and desk.files("cur") == [f"{first.name}:2,S"]
+    assert "more than deskq stores" in caplog.text
+    later = desk.drop(email(subject="Toner empty"))
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]  # the rest goes on
+    assert desk.files("new") == [huge.name] and f"{later.name}:2,S" in desk.files("cur")
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files read from now on (Path.read_bytes)."""
+    names: list[str] = []
+    real = Path.read_bytes
+
+    def reading(path: Path) -> bytes:
+        names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", reading)
+    return names
+
+
 def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
     make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
