@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable, Container, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -191,17 +191,16 @@ class ImapSource:
     ) -> list[Outcome]:
         sizes, client = self._sizes(client, uids)
         ingest = self.settings.ingest
-        # Larger than deskq stores: not fetched at all (a stand-in says so), each alone.
+        # Larger than deskq stores: not fetched at all (a stand-in says so). No batch
+        # holds more than that either, so each such email is a batch of its own.
         too_large = {uid: size for uid, size in sizes.items() if size > STORE_LIMIT}
-        chunks = _apart(
-            [
-                uids[start:end]
-                for start, end in batch_bounds(
-                    [sizes.get(uid, 0) for uid in uids], ingest.batch_size, ingest.batch_bytes
-                )
-            ],
-            too_large,
-        )
+        limit = min(ingest.batch_bytes, STORE_LIMIT)
+        chunks = [
+            uids[start:end]
+            for start, end in batch_bounds(
+                [sizes.get(uid, 0) for uid in uids], ingest.batch_size, limit
+            )
+        ]
         outcomes: list[Outcome] = []
         done = 0
         # Stored and committed, after-action not applied yet: it is applied when no
@@ -746,22 +745,6 @@ class _Line:
     """Whether a FETCH answer is pending on the connection (see _fetch_ahead)."""
 
     busy = False
-
-
-def _apart(chunks: list[list[int]], alone: Container[int]) -> list[list[int]]:
-    """``chunks`` with every UID in ``alone`` taken out into a chunk of its own."""
-    out: list[list[int]] = []
-    for chunk in chunks:
-        run: list[int] = []
-        for uid in chunk:
-            if uid in alone:
-                out += [run, [uid]] if run else [[uid]]
-                run = []
-            else:
-                run.append(uid)
-        if run:
-            out.append(run)
-    return out
 
 
 def _uid_set(uids: list[int]) -> str:

@@ -171,12 +171,3 @@ def test_internaldate_parsing_does_not_depend_on_the_locale() -> None:
     # At the edge of the range the offset overflows: no date, not a failed batch.
     assert _internaldate(b"31-Dec-9999 23:59:59 -1200") is None
     assert _internaldate(b"01-Jan-0001 00:00:00 +0100") is None
-
-
-def test_uids_too_large_to_store_are_taken_apart_into_chunks_of_their_own() -> None:
-    from mail.imap import _apart
-
-    assert _apart([[1, 2, 3], [4, 5]], {2, 5}) == [[1], [2], [3], [4], [5]]
-    assert _apart([[1, 2], [3]], {1}) == [[1], [2], [3]]
-    assert _apart([[1, 2], [3]], set()) == [[1, 2], [3]]
-    assert _apart([], {1}) == []
