@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr, make_msgid
 
 from mail.loops import OWN_HEADER
@@ -44,6 +45,31 @@ def new_message_id(queue_address: str, ticket_id: int) -> str:
     return make_msgid(idstring=f"deskq.{ticket_id}", domain=domain)
 
 
+def envelope_address(address: str) -> str:
+    """``address`` as deskq sends it: an internationalised domain in its ASCII form
+    (IDNA, ``xn--``), which every server accepts; the local part as it is."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:  # not a valid domain name: left as written (SMTPUTF8 carries it)
+        return address
+
+
+def needs_smtputf8(addresses: Iterable[str]) -> bool:
+    """Whether mail to or from ``addresses`` needs SMTPUTF8 (RFC 6531): a non-ASCII
+    local part (josé@corp.example), which no ASCII form can carry."""
+    return any(not envelope_address(a).isascii() for a in addresses)
+
+
+def _header_address(name: str, address: str, utf8: bool) -> str | Address:
+    if not utf8:
+        return formataddr((name, address))
+    local, _, domain = address.rpartition("@")
+    return Address(name, local, domain)
+
+
 def build(
     *,
     from_name: str,
@@ -61,12 +87,18 @@ def build(
     attachments: Sequence[tuple[str, str, bytes]] = (),
 ) -> EmailMessage:
     """A plain-text UTF-8 email from a queue (optionally with files), marked as deskq's own."""
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = formataddr((from_name, from_addr))
-    msg["Reply-To"] = from_addr
-    msg["To"] = ", ".join(formataddr(a) for a in to)
+    from_addr = envelope_address(from_addr)
+    to = [(name, envelope_address(a)) for name, a in to]
+    cc = [(name, envelope_address(a)) for name, a in cc]
+    # An address with a non-ASCII local part: the headers are UTF-8 (RFC 6532) and the
+    # sender needs a server offering SMTPUTF8. Otherwise plain ASCII headers, as before.
+    utf8 = needs_smtputf8([from_addr, *(a for _, a in (*to, *cc))])
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
+    msg["From"] = _header_address(from_name, from_addr, utf8)
+    msg["Reply-To"] = _header_address("", from_addr, utf8)
+    msg["To"] = [_header_address(name, a, utf8) for name, a in to]
     if cc:
-        msg["Cc"] = ", ".join(formataddr(a) for a in cc)
+        msg["Cc"] = [_header_address(name, a, utf8) for name, a in cc]
     msg["Subject"] = subject
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id

@@ -27,6 +27,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mail.compose import envelope_address, needs_smtputf8
 from store import services
 from store.config import SendingSettings, Settings
 from store.db import Database
@@ -105,10 +106,26 @@ class SmtpTransport:
         return conn
 
     def send(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        mail_from = envelope_address(mail_from)
+        recipients = [envelope_address(r) for r in recipients]
+        options: list[str] = []
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            self.conn.sendmail(mail_from, recipients, raw)
+            if needs_smtputf8([mail_from, *recipients]):
+                # An address with a non-ASCII local part (RFC 6531): only a server
+                # offering SMTPUTF8 can take it, and nothing can stand in for it.
+                self.conn.ehlo_or_helo_if_needed()
+                if not self.conn.has_extn("smtputf8"):
+                    wide = [a for a in (mail_from, *recipients) if not a.isascii()]
+                    raise PermanentFailure(
+                        f"the SMTP server {self.settings.host} does not offer SMTPUTF8, "
+                        f"which the internationalised address {', '.join(wide)} needs; "
+                        "send through a server that offers it, or reply to another "
+                        "address of this person"
+                    )
+                options = ["SMTPUTF8"]
+            self.conn.sendmail(mail_from, recipients, raw, mail_options=options)
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
             raise _smtp_error(exc) from None

@@ -84,8 +84,9 @@ def _authenticate(
 class SmtpServer:
     """aiosmtpd on localhost: STARTTLS required, AUTH required (PLAIN/LOGIN after TLS)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, smtputf8: bool = False) -> None:
         self.folder = folder
+        self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531), as Postfix 3 does
         self.cert, self.key = make_cert(folder)
         self.port = free_port()
         self.handler = Handler()
@@ -108,6 +109,7 @@ class SmtpServer:
             auth_required=True,
             auth_require_tls=True,
             authenticator=_authenticate,
+            enable_SMTPUTF8=self.smtputf8,
         )
         self.controller.start()
         return self

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mail import compose, sender
+from mail.parse import parse
 from store import outbox, services
 from store.config import parse_settings
 from store.db import Database
@@ -39,13 +40,14 @@ def enqueue_reply(
     body: str,
     kind: str = "reply",
     from_name: str = "IT Help",
+    to: tuple[tuple[str, str], ...] = (("Em Ployee", "emp@corp.example"),),
 ) -> OutboxItem:
-    """One reply to Em Ployee on ticket ``t``, queued in the outbox as the reply path does."""
+    """One reply (to Em Ployee) on ticket ``t``, queued in the outbox as the reply path does."""
     mid = compose.new_message_id(queue.address, t.id)
     mail = compose.build(
         from_name=from_name,
         from_addr=queue.address,
-        to=[("Em Ployee", "emp@corp.example")],
+        to=list(to),
         subject=compose.tagged_subject(subject, queue.tag, t.id),
         body=body,
         ticket_id=t.id,
@@ -58,21 +60,32 @@ def enqueue_reply(
         message_row_id=None,
         message_id=mid,
         mail_from=queue.address,
-        recipients=["emp@corp.example"],
+        recipients=[address for _, address in to],
         raw=mail.as_bytes(),
         kind=kind,
     )
 
 
-def queue_one(db: Database, kind: str = "reply") -> tuple[int, int, str]:
+def queue_one(
+    db: Database,
+    kind: str = "reply",
+    to: tuple[tuple[str, str], ...] = (("Em Ployee", "emp@corp.example"),),
+) -> tuple[int, int, str]:
     """A ticket with one queued reply: (ticket id, outbox id, Message-ID)."""
     with db.write() as s:
         sync_queues(s, parse_settings(QUEUE))
         queue = s.scalars(select(Queue)).one()
-        emp = services.get_or_create_person(s, "emp@corp.example", "Em Ployee")
+        emp = services.get_or_create_person(s, to[0][1], to[0][0])
         t = services.open_ticket(s, queue=queue, requester=emp, subject="VPN down")
         item = enqueue_reply(
-            s, queue, t, "Re: VPN down", "Please restart the client.\n", kind, "Alice via IT Help"
+            s,
+            queue,
+            t,
+            "Re: VPN down",
+            "Please restart the client.\n",
+            kind,
+            "Alice via IT Help",
+            to,
         )
         mid = item.message_id
         return t.id, item.id, mid
@@ -155,6 +168,52 @@ def test_permanent_refusal_is_a_visible_failure_and_can_be_retried(
     sender.retry(db, oid)
     assert sender.send_due(db, sender.make_transport(settings_for(smtp))).sent == [oid]
     assert len(smtp.received) == 1
+
+
+JOSE = ("José Núñez", "josé@corp.example")  # a non-ASCII local part (RFC 6531/6532)
+IDN = ("Ann", "ann@exämple.com")  # an internationalised domain only
+
+
+def test_an_internationalised_address_goes_through_smtputf8(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DESKQ_TEST_SMTP_PASSWORD", PASSWORD)
+    server = SmtpServer(tmp_path, smtputf8=True).start()
+    try:
+        tid, oid, mid = queue_one(db, to=(JOSE, IDN))
+        assert sender.send_due(db, sender.make_transport(settings_for(server))).sent == [oid]
+        (got,) = server.received
+    finally:
+        server.stop()
+    # The domain in its ASCII form, the local part as it is (it has no other form).
+    assert got.rcpt_tos == ["josé@corp.example", "ann@xn--exmple-cua.com"]
+    assert "To: José Núñez <josé@corp.example>, Ann <ann@xn--exmple-cua.com>".encode() in got.data
+    back = parse(got.data)  # what the employee's mail client reads, by deskq's own parser
+    assert back.to == (JOSE, ("Ann", "ann@xn--exmple-cua.com"))
+    assert back.message_id == mid and back.text.strip() == "Please restart the client."
+    assert ticket(db, tid).first_response_at is not None
+
+
+def test_a_server_without_smtputf8_fails_such_a_reply_visibly(
+    db: Database, smtp: SmtpServer
+) -> None:
+    tid, oid, _ = queue_one(db, to=(JOSE,))
+    report = sender.send_due(db, sender.make_transport(settings_for(smtp)))
+    assert report.failed == [oid] and smtp.received == []  # never retried: nothing would change
+    item = row(db, oid)
+    assert item.state == OutboxState.FAILED and item.raw
+    assert "does not offer SMTPUTF8" in item.last_error and "josé@corp.example" in item.last_error
+    assert kinds(db, tid)[-1] == "send-failed"
+
+
+def test_an_internationalised_domain_alone_needs_no_smtputf8(
+    db: Database, smtp: SmtpServer
+) -> None:
+    _, oid, _ = queue_one(db, to=(IDN,))
+    assert sender.send_due(db, sender.make_transport(settings_for(smtp))).sent == [oid]
+    (got,) = smtp.received
+    assert got.rcpt_tos == ["ann@xn--exmple-cua.com"]
+    assert got.data.isascii() and b"To: Ann <ann@xn--exmple-cua.com>" in got.data
 
 
 def test_temporary_refusal_is_retried(db: Database, smtp: SmtpServer) -> None:

@@ -1370,9 +1370,17 @@ def test_names_beyond_ascii_are_stored_as_people_read_them(desk: Desk) -> None:
     message = desk.messages(tid)[0]
     assert message.from_addr == '"Müller, José" <jose@corp.example>'
     assert message.to_addrs == "张伟 <it@corp.example>, Zoë <zoe@corp.example>"
-    # An internationalised address (RFC 6532) is stored too, not a failed batch.
-    tid = desk.deliver(email(frm="Łukasz <łukasz@corp.example>", subject="EAI")).tickets[0]
+    # An internationalised address (RFC 6532) is stored too, not a failed batch, and
+    # gets its acknowledgement: UTF-8 headers, for a server offering SMTPUTF8.
+    outcome = desk.deliver(email(frm="Łukasz <łukasz@corp.example>", subject="EAI"))
+    assert outcome.disposition == "new-ticket"
+    tid = outcome.tickets[0]
     assert desk.messages(tid)[0].from_addr == "Łukasz <łukasz@corp.example>"
+    assert desk.flags(tid) == set()
+    ack = desk.outbox()[-1]
+    assert (ack.kind, ack.ticket_id, ack.to_addr) == ("auto-ack", tid, "łukasz@corp.example")
+    assert "To: Łukasz <łukasz@corp.example>".encode() in ack.raw
+    assert parse(ack.raw).to == (("Łukasz", "łukasz@corp.example"),)
 
 
 # --------------------------------------------------------------------------- corpus
