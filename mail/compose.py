@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -57,12 +57,6 @@ def envelope_address(address: str) -> str:
         return address
 
 
-def needs_smtputf8(addresses: Iterable[str]) -> bool:
-    """Whether mail to or from ``addresses`` needs SMTPUTF8 (RFC 6531): a non-ASCII
-    local part (josé@corp.example), which no ASCII form can carry."""
-    return any(not envelope_address(a).isascii() for a in addresses)
-
-
 def _header_address(name: str, address: str, utf8: bool) -> str | Address:
     if not utf8:
         return formataddr((name, address))
@@ -90,9 +84,9 @@ def build(
     from_addr = envelope_address(from_addr)
     to = [(name, envelope_address(a)) for name, a in to]
     cc = [(name, envelope_address(a)) for name, a in cc]
-    # An address with a non-ASCII local part: the headers are UTF-8 (RFC 6532) and the
-    # sender needs a server offering SMTPUTF8. Otherwise plain ASCII headers, as before.
-    utf8 = needs_smtputf8([from_addr, *(a for _, a in (*to, *cc))])
+    # Still beyond ASCII in that form: a non-ASCII local part, which has no other. The
+    # headers are UTF-8 (RFC 6532) and the sender needs a server offering SMTPUTF8.
+    utf8 = not all(a.isascii() for a in (from_addr, *(a for _, a in (*to, *cc))))
     msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = _header_address(from_name, from_addr, utf8)
     msg["Reply-To"] = _header_address("", from_addr, utf8)

@@ -27,7 +27,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mail.compose import envelope_address, needs_smtputf8
+from mail.compose import envelope_address
 from store import services
 from store.config import SendingSettings, Settings
 from store.db import Database
@@ -112,12 +112,12 @@ class SmtpTransport:
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            if needs_smtputf8([mail_from, *recipients]):
+            wide = [a for a in (mail_from, *recipients) if not a.isascii()]
+            if wide:
                 # An address with a non-ASCII local part (RFC 6531): only a server
                 # offering SMTPUTF8 can take it, and nothing can stand in for it.
                 self.conn.ehlo_or_helo_if_needed()
                 if not self.conn.has_extn("smtputf8"):
-                    wide = [a for a in (mail_from, *recipients) if not a.isascii()]
                     raise PermanentFailure(
                         f"the SMTP server {self.settings.host} does not offer SMTPUTF8, "
                         f"which the internationalised address {', '.join(wide)} needs; "
