@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
+import zstandard
 from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from mail.feedback import parse_rating
 from mail.loops import automatic_reasons
 from mail.parse import content_identity, display_address, display_addresses, one_line
-from store import clocks
+from store import clocks, codec
 from store.bulk import insert_rows
 from store.models import (
     Attachment,
@@ -301,10 +302,12 @@ class Batch:
         """``raw_id`` if that raw source, stored under the identity deskq gave email
         with neither Message-ID nor Date before it hashed the first Received, is this
         very email (a rescan), not an earlier one of a device's identical alerts."""
-        data = self.session.scalar(select(RawSource.data).where(RawSource.id == raw_id))
+        row = self.session.execute(
+            select(RawSource.compression, RawSource.data).where(RawSource.id == raw_id)
+        ).one()
         try:
-            same = content_identity(zlib.decompress(data or b""), None) == p.identity
-        except zlib.error:
+            same = content_identity(codec.inflate(row[0], row[1] or b""), None) == p.identity
+        except (zlib.error, zstandard.ZstdError, ValueError):
             same = False
         return raw_id if same else None
 
@@ -644,7 +647,7 @@ class Batch:
             "identity": p.identity,
             "sha256": p.sha256,
             "size": len(item.raw),
-            "compression": "zlib",
+            "compression": codec.CODEC,
             "data": p.compressed,
             "mailbox": item.mailbox,
             "folder": item.folder,
@@ -901,7 +904,7 @@ class Batch:
                     blobs[digest] = {
                         "sha256": digest,
                         "size": len(part.data),
-                        "compression": "zlib",
+                        "compression": codec.CODEC,
                         "data": part.data,
                     }
                 rows.append(
@@ -922,7 +925,7 @@ class Batch:
             known.update(self.session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
         fresh = [b for k, b in blobs.items() if k not in known]
         for blob in fresh:
-            blob["data"] = zlib.compress(blob["data"], 6)
+            blob["data"] = codec.compress(blob["data"], codec.BLOB_LEVEL)
         _insert_ignore(self.session, Blob, fresh, "sha256")
         insert_rows(self.conn, ATTACHMENTS, rows)
 

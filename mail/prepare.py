@@ -7,11 +7,11 @@ heavier, so a worker process is ready a fraction of a second after it is started
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from mail.parse import ParsedMessage, content_identity, parse
+from store import codec
 
 # Emails larger than this are never read: IMAP gets a ticket flagged unreadable in
 # their place, a Maildir file is left where it is and logged. A raw source this size
@@ -77,7 +77,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
         identity=identity,
         legacy_identity=legacy if legacy != identity else None,
         sha256=hashlib.sha256(raw).hexdigest(),
-        compressed=zlib.compress(raw, 1),
+        compressed=codec.compress(raw),  # as codec.CODEC
         too_large=too_large,
         has_html=has_html,
     )

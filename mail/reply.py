@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import textwrap
-import zlib
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
@@ -25,7 +24,7 @@ from mail import templates
 from mail.batch import _insert_skipping
 from mail.parse import display_address, display_addresses
 from mail.quotes import own_text
-from store import outbox, services
+from store import codec, outbox, services
 from store.config import Settings
 from store.models import (
     Attachment,
@@ -273,8 +272,8 @@ def _store_attachments(session: Session, row: Message, files: list[tuple[str, st
             {
                 "sha256": digest,
                 "size": len(data),
-                "compression": "zlib",
-                "data": zlib.compress(data),
+                "compression": codec.CODEC,
+                "data": codec.compress(data, codec.BLOB_LEVEL),
             },
         )
         session.add(

@@ -9,7 +9,6 @@ Full-text search lives outside the models (an FTS5 table on SQLite, a generated
 from __future__ import annotations
 
 import enum
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from store.codec import inflate
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -258,16 +259,8 @@ class TicketLink(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _inflate(compression: str, data: bytes) -> bytes:
-    if compression == "zlib":
-        return zlib.decompress(data)
-    if compression in ("", "none"):
-        return data
-    raise ValueError(f"unknown compression {compression!r}")
-
-
 class RawSource(Base):
-    """The exact bytes of a received email, zlib-compressed, kept forever by default.
+    """The exact bytes of a received email, compressed (store.codec), kept forever by default.
 
     ``identity`` (Message-ID plus a hash of delivery-independent content) makes a
     second arrival of the same email recognisable whatever route it took.
@@ -295,7 +288,7 @@ class RawSource(Base):
 
     def content(self) -> bytes:
         """The exact bytes as received."""
-        return _inflate(self.compression, self.data)
+        return inflate(self.compression, self.data)
 
 
 class Message(Base):
@@ -330,7 +323,7 @@ class Message(Base):
 
 
 class Blob(Base):
-    """Attachment content, zlib-compressed, stored once per SHA-256."""
+    """Attachment content, compressed (store.codec), stored once per SHA-256."""
 
     __tablename__ = "blobs"
 
@@ -341,7 +334,7 @@ class Blob(Base):
 
     def content(self) -> bytes:
         """The file's bytes."""
-        return _inflate(self.compression, self.data)
+        return inflate(self.compression, self.data)
 
 
 class Attachment(Base):
