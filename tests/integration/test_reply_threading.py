@@ -9,10 +9,12 @@ same ticket whether it carries only In-Reply-To or only the subject tag.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from mail import reply, sender
+from mail.parse import parse
 from store import services
 from store.workspace import Workspace
 from tests.integration.test_imap_ingest import (
@@ -23,7 +25,7 @@ from tests.integration.test_imap_ingest import (
     new_id,
     outcomes_of,
 )
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import PASSWORD, SmtpServer
 
 pytestmark = pytest.mark.dovecot
 
@@ -109,3 +111,49 @@ def test_a_copy_of_each_sent_reply_lands_in_the_sent_folder(
         client.select_folder("Sent", readonly=True)
         [(_uid, data)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
     assert our_id.encode() in data[b"BODY[]"]
+
+
+def test_a_reply_to_an_internationalised_address_is_kept_in_sent_as_sent(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply with UTF-8 headers (RFC 6532) goes out over SMTPUTF8, and its copy in
+    the Sent folder is the same email: the server takes the 8-bit header as it is."""
+    monkeypatch.setenv("DESKQ_TEST_SMTP_PASSWORD", PASSWORD)
+    server = SmtpServer(tmp_path, smtputf8=True).start()
+    try:
+        acct = account()
+        text = 'me = "alex@corp.example"\n' + config_toml(sqlite_url, acct.mailbox_toml())
+        sending = server.sending_toml() + 'sent_mailbox = "helpdesk"\nsent_folder = "Sent"\n'
+        ws = workspaces(text + sending)
+        acct.append(email("Drucker", sender="José Núñez <josé@corp.example>"))
+        [arrived] = outcomes_of(ws)
+        assert arrived.disposition == "new-ticket"
+        [tid] = arrived.tickets
+        with ws.db.write() as s:
+            me = services.get_or_create_person(s, "alex@corp.example", provider=True)
+            draft = reply.compose(s, ws.settings, tid, me, body="Der Drucker geht wieder.")
+            our_id = reply.queue(s, ws.settings, draft, me).message_id
+        assert ws.settings.sending is not None
+        report = sender.send_due(
+            ws.db,
+            sender.make_transport(ws.settings.sending),
+            after_sent=sender.sent_copier(ws.settings, ws.db),
+        )
+        assert len(report.sent) == 1
+        [got] = server.received
+    finally:
+        server.stop()
+    assert got.rcpt_tos == ["josé@corp.example"]
+    assert acct.count("Sent") == 1 and acct.seen("Sent")
+    with acct.client() as client:
+        client.select_folder("Sent", readonly=True)
+        [(_uid, data)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
+    kept = data[b"BODY[]"]
+    assert "José Núñez <josé@corp.example>".encode() in kept
+    back = parse(kept)
+    assert back.message_id == our_id and back.to == (("José Núñez", "josé@corp.example"),)
+    assert back.text.strip().startswith("Der Drucker geht wieder.")
