@@ -95,9 +95,17 @@ def test_a_copy_of_each_sent_reply_lands_in_the_sent_folder(
     acct.append(email("Monitor flickers", message_id=new_id("ask")))
     [arrived] = outcomes_of(ws)
     [tid] = arrived.tickets
+    our_id, report = reply_keeping_a_copy(ws, tid, "Swap the cable, please.")
+    assert len(report.sent) == 1 and len(smtp.received) == 1
+    assert acct.count("Sent") == 1 and acct.seen("Sent")
+    assert our_id.encode() in kept_in_sent(acct)
+
+
+def reply_keeping_a_copy(ws: Workspace, tid: int, body: str) -> tuple[str, sender.SendReport]:
+    """A provider's reply on ticket ``tid``, sent, with a copy kept in the Sent folder."""
     with ws.db.write() as s:
         me = services.get_or_create_person(s, "alex@corp.example", provider=True)
-        draft = reply.compose(s, ws.settings, tid, me, body="Swap the cable, please.")
+        draft = reply.compose(s, ws.settings, tid, me, body=body)
         our_id = reply.queue(s, ws.settings, draft, me).message_id
     assert ws.settings.sending is not None
     report = sender.send_due(
@@ -105,12 +113,16 @@ def test_a_copy_of_each_sent_reply_lands_in_the_sent_folder(
         sender.make_transport(ws.settings.sending),
         after_sent=sender.sent_copier(ws.settings, ws.db),
     )
-    assert len(report.sent) == 1 and len(smtp.received) == 1
-    assert acct.count("Sent") == 1 and acct.seen("Sent")
+    return our_id, report
+
+
+def kept_in_sent(acct: Account) -> bytes:
+    """The one email in the account's Sent folder, as stored."""
     with acct.client() as client:
         client.select_folder("Sent", readonly=True)
-        [(_uid, data)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
-    assert our_id.encode() in data[b"BODY[]"]
+        [(_uid, found)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
+    body: bytes = found[b"BODY[]"]
+    return body
 
 
 def test_a_reply_to_an_internationalised_address_is_kept_in_sent_as_sent(
@@ -133,26 +145,14 @@ def test_a_reply_to_an_internationalised_address_is_kept_in_sent_as_sent(
         [arrived] = outcomes_of(ws)
         assert arrived.disposition == "new-ticket"
         [tid] = arrived.tickets
-        with ws.db.write() as s:
-            me = services.get_or_create_person(s, "alex@corp.example", provider=True)
-            draft = reply.compose(s, ws.settings, tid, me, body="Der Drucker geht wieder.")
-            our_id = reply.queue(s, ws.settings, draft, me).message_id
-        assert ws.settings.sending is not None
-        report = sender.send_due(
-            ws.db,
-            sender.make_transport(ws.settings.sending),
-            after_sent=sender.sent_copier(ws.settings, ws.db),
-        )
+        our_id, report = reply_keeping_a_copy(ws, tid, "Der Drucker geht wieder.")
         assert len(report.sent) == 1
         [got] = server.received
     finally:
         server.stop()
     assert got.rcpt_tos == ["josé@corp.example"]
     assert acct.count("Sent") == 1 and acct.seen("Sent")
-    with acct.client() as client:
-        client.select_folder("Sent", readonly=True)
-        [(_uid, data)] = client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
-    kept = data[b"BODY[]"]
+    kept = kept_in_sent(acct)
     assert "José Núñez <josé@corp.example>".encode() in kept
     back = parse(kept)
     assert back.message_id == our_id and back.to == (("José Núñez", "josé@corp.example"),)
