@@ -11,14 +11,12 @@ too: decisions are taken in order and see the new tickets decided before them.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any, cast
 
-import zstandard
 from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -307,7 +305,7 @@ class Batch:
         ).one()
         try:
             same = content_identity(codec.inflate(row[0], row[1] or b""), None) == p.identity
-        except (zlib.error, zstandard.ZstdError, ValueError):
+        except codec.DAMAGED:
             same = False
         return raw_id if same else None
 

@@ -23,6 +23,9 @@ RAW_LEVEL = 1
 # Attachments: stored once per content (deduplicated), often kept for years.
 BLOB_LEVEL = 3
 
+# What inflate raises for data that is not what its row says (damaged, or unknown).
+DAMAGED = (zlib.error, zstandard.ZstdError, ValueError)
+
 _local = threading.local()  # compression contexts are not thread-safe; reusing one is 3x faster
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -757,10 +758,13 @@ def test_a_devices_repeated_alert_without_message_id_or_date_is_kept(desk: Desk)
     old = alert("Mon, 16 Nov 2026 09:00:00 +0000")
     assert desk.deliver(old).disposition == "new-ticket"
     legacy = content_identity(old, None, first_received=False)
-    with desk.ws.db.write() as s:
+    with desk.ws.db.write() as s:  # (and compressed with zlib, as deskq then did)
         s.execute(
-            text("UPDATE raw_sources SET identity = :old WHERE identity = :new"),
-            {"old": legacy, "new": content_identity(old, None)},
+            text(
+                "UPDATE raw_sources SET identity = :old, compression = 'zlib', data = :data "
+                "WHERE identity = :new"
+            ),
+            {"old": legacy, "new": content_identity(old, None), "data": zlib.compress(old)},
         )
     assert desk.deliver(old).disposition == "duplicate"
     # ...while the next identical alert, whose old identity is the same, is new.

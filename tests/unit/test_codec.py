@@ -66,3 +66,9 @@ def test_prepared_emails_are_compressed_as_the_codec_says() -> None:
     raw = b"From: a@b.example\r\nSubject: hi\r\n\r\n" + b"body line\r\n" * 200
     prepared = prepare(Incoming(raw=raw, mailbox="m"), 1 << 20)
     assert codec.inflate(codec.CODEC, prepared.compressed) == raw
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib", "lzma"])
+def test_damaged_data_raises_what_callers_catch(compression: str) -> None:
+    with pytest.raises(codec.DAMAGED):
+        codec.inflate(compression, b"not what the row says")
