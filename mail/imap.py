@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 SEEN = b"\\Seen"
+# Other folders asked for their latest message when a refused one is alone in its own.
+PROBE_FOLDERS = 5
 # The keyword marking mail copied by move:FOLDER on a server without MOVE.
 FILED = b"$DeskqFiled"
 CONNECT_TIMEOUT = 30.0
@@ -78,8 +80,19 @@ class ImapSource:
 
     def connect(self) -> IMAPClient:
         """Connect, secure, log in and select the folder."""
-        m = self.mailbox
         self.recovered = False  # a drop may have cut an after-action short
+        client = self._open()
+        try:
+            self._select(client)
+        except BaseException:
+            _close(client)
+            raise
+        self.client = client
+        return client
+
+    def _open(self) -> IMAPClient:
+        """A connection, secured and logged in, with no folder selected."""
+        m = self.mailbox
         host, port = m.host or "localhost", m.effective_port
         if m.security == "tls":
             client = IMAPClient(
@@ -95,11 +108,9 @@ class ImapSource:
                 client.starttls(tls_context(m.ca_file))
         try:
             self._login(client)
-            self._select(client)
         except BaseException:
             _close(client)
             raise
-        self.client = client
         return client
 
     def _login(self, client: IMAPClient) -> None:
@@ -413,7 +424,8 @@ class ImapSource:
         if trailing and not serves:
             raise ImapError(
                 f"mailbox {self.mailbox.name!r}: the server refuses every message now "
-                f"({str(refused[-1][1])[:200]}); tried again next pass"
+                f"({str(refused[-1][1])[:200]}), and returned no other message, of this "
+                "folder or another, to show the fault is the message's; tried again next pass"
             )
         for uid, why in refused:
             log.error(
@@ -482,7 +494,12 @@ class ImapSource:
     def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:
         """Whether the server returns, now, another message of the folder: the one it
         served last in this pass, else up to three of the latest below the refused ones
-        (a broken one left earlier may be among them); and the connection to go on with."""
+        (a broken one left earlier may be among them); and the connection to go on with.
+
+        A folder that holds nothing else (``move:`` empties it after every pass) has
+        nothing to ask for: the latest message of another folder of the account is
+        asked for instead (see :meth:`_serves_elsewhere`).
+        """
         lowest = min(refused)
         candidates = [self.served] if self.served and self.served not in refused else []
         if lowest > 1:
@@ -502,7 +519,57 @@ class ImapSource:
             except ServerBye:  # (a broken one left earlier): on to the next
                 self._abandon(client)
                 client = self._reopen()
+        if not tried:
+            return self._serves_elsewhere(), client
         return False, client
+
+    def _serves_elsewhere(self) -> bool:
+        """Whether the server returns, now, the latest message of another folder: the
+        ``move:`` target first (where this folder's mail went), then the others the
+        server lists, up to :data:`PROBE_FOLDERS`. On a connection of its own, each
+        folder opened read-only (EXAMINE) and read with BODY.PEEK: nothing changes."""
+        m = self.mailbox
+        try:
+            client = self._open()
+        except (ImapError, SecretError, IMAPClientError, OSError) as exc:
+            log.warning("mailbox %s: probing other folders failed: %s", m.name, exc)
+            return False
+        try:
+            folders = [m.after[5:]] if m.after.startswith("move:") else []
+            try:
+                folders += [
+                    name
+                    for flags, _, name in client.list_folders()
+                    if not {f.lower() for f in flags} & {b"\\noselect", b"\\nonexistent"}
+                ]
+            except IMAPClientError:
+                log.debug("mailbox %s: LIST failed", m.name, exc_info=True)
+            tried: list[str] = []
+            for folder in folders:
+                if folder == m.folder or folder in tried or len(tried) == PROBE_FOLDERS:
+                    continue
+                tried.append(folder)
+                try:
+                    if not int(client.select_folder(folder, readonly=True).get(b"EXISTS", 0)):
+                        continue
+                    tag = send_fetch(client, "*", "(UID BODY.PEEK[HEADER])")
+                    if any(isinstance(part, tuple) for part in read_fetch(client, tag, "probe")):
+                        log.info(
+                            "mailbox %s: the server returns mail of folder %s: the refusal "
+                            "is the message's",
+                            m.name,
+                            folder,
+                        )
+                        return True
+                except IMAPClientAbortError:  # (a BYE too): the connection is gone
+                    return False
+                except (ImapError, IMAPClientError):  # refused: on to the next folder
+                    continue
+            return False
+        except OSError:
+            return False
+        finally:
+            _close(client)
 
     def _reopen(self) -> IMAPClient:
         """A new connection to the same folder, within one pass: UIDs must mean the same."""

@@ -929,6 +929,82 @@ def test_a_second_broken_message_alone_is_skipped_too(
                 os.chmod(path, 0o600)
 
 
+@contextlib.contextmanager
+def unreadable_on_disk(maildir: Path, message: Path) -> Iterator[None]:
+    """``message`` (a file of ``maildir``) unreadable by Dovecot: a disk error, a
+    wrong owner. Readable again afterwards, wherever Dovecot moved it meanwhile."""
+    os.chmod(message, 0)
+    try:
+        yield
+    finally:
+        for path in maildir.glob(f"*/{message.name.split(':')[0]}*"):
+            os.chmod(path, 0o600)
+
+
+def test_a_broken_message_alone_in_a_folder_move_empties_gets_its_stand_in(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """move:FOLDER empties the folder after every pass, so a broken message arrives
+    alone: no other message of the folder can show that the server still serves.
+    The latest message of the move target is asked for instead (read-only, on a
+    connection of its own); served, the refusal is the message's: a stand-in, and
+    the pass succeeds instead of failing until other mail arrives."""
+    acct = account()
+    acct.append(email("Printer jam 1"))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(after="move:Processed")))
+    poll_ok(ws)
+    assert acct.count() == 0 and acct.count("Processed") == 1
+    acct.append(email("Printer jam 2"))
+    maildir = acct.dovecot.maildir(acct.user)
+    acct.count()  # Dovecot has indexed it
+    [broken] = _message_files(maildir)
+    with unreadable_on_disk(maildir, broken):
+        with caplog.at_level(logging.INFO, logger="mail.imap"):
+            (status,) = poll_once(ws)
+        assert status.failures == 0, status.last_error
+        assert "returns mail of folder Processed" in caplog.text
+        assert "cannot return UID 2" in caplog.text
+        # Untouched: neither moved nor marked; the probe marked nothing either.
+        assert acct.unseen() == [2] and acct.unseen("Processed") == [1]
+        (again,) = poll_once(ws)  # and the next pass goes on from there
+        assert again.failures == 0 and again.stored == 0
+    with ws.db.session() as s:
+        flagged = s.scalars(
+            select(Ticket.subject).join(TicketFlag).where(TicketFlag.flag == "unreadable")
+        ).all()
+    assert flagged == ["Unreadable message: UID 2 in INBOX (helpdesk)"]
+    assert count(ws, RawSource) == 2
+
+
+def test_a_broken_message_alone_in_the_whole_account_fails_the_pass_until_mail_shows_up(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+) -> None:
+    """With no other message anywhere in the account, a refusal cannot be told from a
+    server in trouble (throttling, a storage outage): the pass fails, saying why, and
+    stores nothing. Once any folder holds a message the server serves, it goes on."""
+    acct = account()
+    acct.append(email("Badge reader 1"))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    maildir = acct.dovecot.maildir(acct.user)
+    acct.count()
+    [broken] = _message_files(maildir)
+    with unreadable_on_disk(maildir, broken):
+        (status,) = poll_once(ws)
+        assert status.failures == 1
+        assert "returned no other message, of this folder or another" in status.last_error
+        assert count(ws, RawSource) == 0 and acct.unseen() == [1]
+        acct.append(email("Filed by hand"), folder="Archive")  # any other folder will do
+        (status,) = poll_once(ws)
+        assert status.failures == 0, status.last_error
+        assert count(ws, RawSource) == 1 and acct.unseen() == [1]
+        assert acct.unseen("Archive") == [1]  # the probe read it with BODY.PEEK
+
+
 def test_an_after_action_that_fails_is_not_sent_again_in_the_same_pass(
     account: Callable[[], Account],
     workspaces: Callable[[str], Workspace],
