@@ -9,7 +9,6 @@ after-action (``seen``, ``move:FOLDER`` or ``none``). deskq never deletes mail.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import ssl
@@ -17,8 +16,6 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
 from typing import Any
 
 from imapclient import IMAPClient
@@ -28,6 +25,7 @@ from sqlalchemy import select
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
+from mail.standin import place_key, stand_in
 from store.config import MailboxSettings, Settings
 from store.models import KnownCopy, MailboxState, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command
@@ -472,23 +470,19 @@ class ImapSource:
         """
         box = self.mailbox
         folder, name = " ".join(box.folder.split()), " ".join(box.name.split())
-        place = hashlib.sha256(f"{box.name}\n{box.folder}".encode()).hexdigest()[:16]
-        notice = EmailMessage()
-        notice["Subject"] = f"Unreadable message: UID {uid} in {folder} ({name})"
-        notice["Message-ID"] = f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>"
-        notice.set_content(
-            f"{what}\n\n"
+        place = place_key(box.name, box.folder)
+        return stand_in(
+            subject=f"Unreadable message: UID {uid} in {folder} ({name})",
+            message_id=f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>",
+            text=f"{what}\n\n"
             f"It is left where it is, untouched and unread: UID {uid} "
             f"(UIDVALIDITY {self.uidvalidity}) of folder {folder} in mailbox "
-            f"{name}. {advice} deskq does not try to read it again.\n"
-        )
-        return Incoming(
-            raw=notice.as_bytes(policy=SMTP),
+            f"{name}. {advice} deskq does not try to read it again.\n",
+            flag=flag,
             mailbox=box.name,
             folder=box.folder,
             uidvalidity=self.uidvalidity,
             uid=uid,
-            unreadable=flag,
         )
 
     def _still_serves(self, client: IMAPClient, refused: set[int]) -> tuple[bool, IMAPClient]:

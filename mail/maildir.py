@@ -25,10 +25,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
+from mail.parse import content_identity
 from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
+from mail.standin import place_key, stand_in
 from store.config import MailboxSettings, Settings
-from store.models import MailboxState
+from store.models import MailboxState, RawSource
 
 log = logging.getLogger(__name__)
 # mailbox_state row holding the ctime (ns) up to which cur/ has been read.
@@ -54,6 +56,12 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` (a file name: any bytes) as printable ASCII, for a stand-in's text."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else "?" for c in escaped)
 
 
 def _storable(name: str) -> bool:
@@ -185,6 +193,7 @@ class MaildirSource:
                             STORE_LIMIT >> 20,
                         )
                         unreadable.add(path)
+                        items += self._too_large(path, size)
                         continue
                     try:
                         raw = path.read_bytes()
@@ -198,6 +207,7 @@ class MaildirSource:
                             exc,
                         )
                         unreadable.add(path)
+                        items += self._unreadable(path, exc)
                         continue
                     delivered = _delivery_time(path)
                     items.append(
@@ -221,6 +231,54 @@ class MaildirSource:
             if stop is not None and stop():
                 return produced, True
         return produced, False
+
+    def _unreadable(self, path: Path, why: OSError) -> list[Incoming]:
+        """A stand-in for a file that cannot be read (none if one was stored before)."""
+        return self._stand_in(
+            path,
+            "deskq could not read this email: reading its file failed (the file's "
+            "permissions, or a disk error).",
+            "Make it readable by the user deskq runs as, or repair the disk: deskq tries "
+            "it again on every pass, and then stores it as an email of its own.",
+            f"reading the file failed: {str(why)[:300]}",
+        )
+
+    def _too_large(self, path: Path, size: int) -> list[Incoming]:
+        """A stand-in for a file larger than deskq stores (none if stored before)."""
+        return self._stand_in(
+            path,
+            f"This email is {size / 2**20:,.0f} MB, more than deskq stores "
+            f"({STORE_LIMIT / 2**20:,.0f} MB: beyond that neither memory nor the "
+            "database would hold it safely). It was not read.",
+            "Open it in a mail client and forward what matters in a smaller email.",
+            f"{size:,} bytes, over deskq's limit of {STORE_LIMIT:,}: not read",
+        )
+
+    def _stand_in(self, path: Path, what: str, advice: str, flag: str) -> list[Incoming]:
+        """A ticket flagged unreadable in place of the file at ``path``, which stays
+        where it is: nothing vanishes unseen, as with IMAP (mail.standin).
+
+        Named by the file's unique part (the same in new/ and cur/, whatever its
+        flags), so a file tried again on every pass gets one stand-in only: one stored
+        before is looked up by its identity, and none is made again.
+        """
+        box = self.mailbox
+        base = path.name.partition(":2,")[0]
+        name, where = _printable(" ".join(box.name.split())), _printable(str(self.root))
+        message_id = f"<unreadable.{place_key(base)}.{place_key(box.name, str(self.root))}"
+        item = stand_in(
+            subject=f"Unreadable message: file {_printable(base)[:100]} in mailbox {name}",
+            message_id=message_id + "@deskq.invalid>",
+            text=f"{what}\n\nIt is left where it is, untouched: file {_printable(base)} "
+            f"(in new/ or cur/) of the Maildir {where} of mailbox {name}. {advice}\n",
+            flag=flag,
+            mailbox=box.name,
+            received_at=_delivery_time(path),
+        )
+        identity = content_identity(item.raw, message_id + "@deskq.invalid>")
+        with self.ingestor.db.session() as session:
+            stored = session.scalar(select(RawSource.id).where(RawSource.identity == identity))
+        return [] if stored is not None else [item]
 
     def _clock_ns(self) -> int:
         """Now, by the clock that stamps the Maildir's files.

@@ -366,13 +366,26 @@ def _refuse_reads(monkeypatch: pytest.MonkeyPatch, error: OSError) -> set[str]:
 
 
 def _unreadable_in_cur(desk: Desk, refused: set[str]) -> None:
-    """Mail delivered straight into cur/ that cannot be read: one poll stores nothing,
-    and the clock moves on past it."""
+    """Mail delivered straight into cur/ that cannot be read: one poll stores only its
+    stand-in, and the clock moves on past it."""
     in_cur = desk.maildir / "cur" / "1700009999.M1P1.host:2,S"
     in_cur.write_bytes(email(subject="Read on the server already"))
     refused.add(in_cur.name)
-    assert desk.poll() == []
+    assert [o.disposition for o in desk.poll()] == ["parse-error"]  # its stand-in
     time.sleep(0.1)
+
+
+def _stand_ins(desk: Desk) -> list[tuple[str, str, str]]:
+    """(subject, flag detail, text) of each ticket flagged unreadable."""
+    with desk.ws.db.session() as s:
+        rows = s.execute(
+            select(Ticket.subject, TicketFlag.detail, Message.text_body)
+            .join(TicketFlag, TicketFlag.ticket_id == Ticket.id)
+            .join(Message, Message.ticket_id == Ticket.id)
+            .where(TicketFlag.flag == "unreadable")
+            .order_by(Ticket.id)
+        ).all()
+    return [(subject, detail, text) for subject, detail, text in rows]
 
 
 def test_an_unreadable_file_does_not_hold_up_the_others(
@@ -389,12 +402,18 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     refused = _refuse_reads(monkeypatch, PermissionError(13, "Permission denied"))
     refused.add(bad.name)
     outcomes = desk.poll()
-    assert [o.disposition for o in outcomes] == ["new-ticket"] * 4
+    # (the unreadable file's place in its batch holds a stand-in, flagged unreadable)
+    assert [o.disposition for o in outcomes] == ["new-ticket"] * 3 + ["parse-error", "new-ticket"]
     assert desk.files("new") == [bad.name]  # left in place, tried again next pass
     assert desk.files("cur") == sorted(f"{p.name}:2,S" for p in [*good, odd])
     assert f"cannot read {bad}" in caplog.text
+    [(subject, detail, text)] = _stand_ins(desk)
+    assert subject == f"Unreadable message: file {bad.name} in mailbox helpdesk"
+    assert detail == f"reading the file failed: [Errno 13] Permission denied: '{bad}'"
+    assert "deskq could not read this email" in text and f"file {bad.name} (in new/" in text
+    assert "tries it again on every pass" in text
     later = desk.drop(email(subject="Later"))
-    assert [o.disposition for o in desk.poll()] == ["new-ticket"]
+    assert [o.disposition for o in desk.poll()] == ["new-ticket"]  # one stand-in only
     assert desk.files("new") == [bad.name] and f"{later.name}:2,S" in desk.files("cur")
     # Mail delivered straight into cur/ (mbsync) that cannot be read is tried again by
     # name (remembered in the database: each poll here is a new source, as with
@@ -406,7 +425,8 @@ def test_an_unreadable_file_does_not_hold_up_the_others(
     assert desk.poll() == []  # nothing read twice
     monkeypatch.undo()  # readable again: stored by the next pass
     assert sorted(o.disposition for o in desk.poll()) == ["new-ticket"] * 2
-    assert desk.files("new") == [] and desk.count(RawSource) == 8
+    assert desk.files("new") == [] and desk.count(RawSource) == 10  # 2 stand-ins
+    assert len(_stand_ins(desk)) == 2
     assert desk.poll() == []
     with desk.ws.db.session() as s:  # nothing owed any more
         folders = set(s.scalars(select(MailboxState.folder)))
@@ -427,13 +447,18 @@ def test_a_file_larger_than_deskq_stores_is_left_in_place_unread(
     huge = desk.drop(email(subject="Whole film", body="0123456789\n" * 20_000))
     reads = _count_reads(monkeypatch)
     outcomes = desk.poll()
-    assert [o.disposition for o in outcomes] == ["new-ticket"]
+    assert [o.disposition for o in outcomes] == ["new-ticket", "parse-error"]  # a stand-in
     assert huge.name not in reads  # never read into memory
     assert desk.files("new") == [huge.name] and desk.files("cur") == [f"{first.name}:2,S"]
     assert "more than deskq stores" in caplog.text
+    [(subject, detail, text)] = _stand_ins(desk)
+    assert subject == f"Unreadable message: file {huge.name} in mailbox helpdesk"
+    assert detail == f"{huge.stat().st_size:,} bytes, over deskq's limit of 100,000: not read"
+    assert "more than deskq stores" in text and "forward what matters" in text
     later = desk.drop(email(subject="Toner empty"))
     assert [o.disposition for o in desk.poll()] == ["new-ticket"]  # the rest goes on
     assert desk.files("new") == [huge.name] and f"{later.name}:2,S" in desk.files("cur")
+    assert len(_stand_ins(desk)) == 1
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -469,7 +494,9 @@ def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
     with desk.ws.db.session() as s:
         subjects = set(s.scalars(select(Ticket.subject)))
         folders = set(s.scalars(select(MailboxState.folder)))
-    assert subjects == {"A", "B", "Read on the server already"}
+    assert subjects - {"A", "B", "Read on the server already"} == {
+        "Unreadable message: file 1700009999.M1P1.host in mailbox helpdesk"
+    }
     assert folders == {"maildir:cur"}
 
 
