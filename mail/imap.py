@@ -27,13 +27,16 @@ from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
 from mail.standin import place_key, stand_in
 from store.config import MailboxSettings, Settings
-from store.models import KnownCopy, MailboxState, RawSource
+from store.models import KnownCopy, MailboxState, Message, RawSource
 from store.secrets import SecretError, resolve_password, run_secret_command
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 SEEN = b"\\Seen"
+# Messages below a refused one asked for, to tell a broken message from a server in
+# trouble (the first three that are not known to be broken are tried).
+PROBE_BELOW = 50
 # Other folders asked for their latest message when a refused one is alone in its own.
 PROBE_FOLDERS = 5
 # The keyword marking mail copied by move:FOLDER on a server without MOVE.
@@ -470,10 +473,9 @@ class ImapSource:
         """
         box = self.mailbox
         folder, name = " ".join(box.folder.split()), " ".join(box.name.split())
-        place = place_key(box.name, box.folder)
         return stand_in(
             subject=f"Unreadable message: UID {uid} in {folder} ({name})",
-            message_id=f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>",
+            message_id=self._stand_in_id(uid),
             text=f"{what}\n\n"
             f"It is left where it is, untouched and unread: UID {uid} "
             f"(UIDVALIDITY {self.uidvalidity}) of folder {folder} in mailbox "
@@ -498,7 +500,10 @@ class ImapSource:
         candidates = [self.served] if self.served and self.served not in refused else []
         if lowest > 1:
             window = client.search(["UID", f"{max(1, lowest - 1000)}:{lowest - 1}"])
-            candidates += sorted((u for u in window if u < lowest), reverse=True)
+            below = sorted((u for u in window if u < lowest), reverse=True)[:PROBE_BELOW]
+            # Broken ones left by earlier passes (they have stand-ins) prove nothing.
+            known = self._stood_in(below)
+            candidates += [u for u in below if u not in known]
         tried: set[int] = set()
         for uid in candidates:
             if uid in tried or uid in refused or len(tried) == 3:
@@ -516,6 +521,20 @@ class ImapSource:
         if not tried:
             return self._serves_elsewhere(), client
         return False, client
+
+    def _stood_in(self, uids: list[int]) -> set[int]:
+        """Those of ``uids`` (of this folder) that have a stand-in stored already."""
+        if not uids:
+            return set()
+        ids = {self._stand_in_id(uid): uid for uid in uids}
+        with self.ingestor.db.session() as session:
+            found = session.scalars(select(Message.message_id).where(Message.message_id.in_(ids)))
+            return {ids[mid] for mid in found if mid in ids}
+
+    def _stand_in_id(self, uid: int) -> str:
+        """The Message-ID of the stand-in for ``uid`` of this folder."""
+        place = place_key(self.mailbox.name, self.mailbox.folder)
+        return f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>"
 
     def _serves_elsewhere(self) -> bool:
         """Whether the server returns, now, the latest message of another folder: the

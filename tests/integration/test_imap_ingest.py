@@ -971,12 +971,21 @@ def test_a_broken_message_alone_in_a_folder_move_empties_gets_its_stand_in(
         assert acct.unseen() == [2] and acct.unseen("Processed") == [1]
         (again,) = poll_once(ws)  # and the next pass goes on from there
         assert again.failures == 0 and again.stored == 0
+        # A second broken one: the folder holds only the first (known broken: it has
+        # its stand-in, so it proves nothing); the move target shows the server serves.
+        acct.append(email("Printer jam 3"))
+        acct.count()
+        second = _message_files(maildir)[-1]
+        with unreadable_on_disk(maildir, second):
+            (status,) = poll_once(ws)
+            assert status.failures == 0, status.last_error
+            assert acct.unseen() == [2, 3]
     with ws.db.session() as s:
         flagged = s.scalars(
             select(Ticket.subject).join(TicketFlag).where(TicketFlag.flag == "unreadable")
         ).all()
-    assert flagged == ["Unreadable message: UID 2 in INBOX (helpdesk)"]
-    assert count(ws, RawSource) == 2
+    assert flagged == [f"Unreadable message: UID {uid} in INBOX (helpdesk)" for uid in (2, 3)]
+    assert count(ws, RawSource) == 3
 
 
 def test_a_broken_message_alone_in_the_whole_account_fails_the_pass_until_mail_shows_up(
