@@ -743,6 +743,18 @@ def _message_files(maildir: Path) -> list[Path]:
     return [f for _, f in sorted(ordered)]
 
 
+@contextlib.contextmanager
+def unreadable_on_disk(maildir: Path, message: Path) -> Iterator[None]:
+    """``message`` (a file of ``maildir``) unreadable by Dovecot: a disk error, a
+    wrong owner. Readable again afterwards, wherever Dovecot moved it meanwhile."""
+    os.chmod(message, 0)
+    try:
+        yield
+    finally:
+        for path in maildir.glob(f"*/{message.name.split(':')[0]}*"):
+            os.chmod(path, 0o600)
+
+
 @pytest.mark.parametrize("bad", [3, 4, 5])  # first or last of a batch, or alone in one
 def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     account: Callable[[], Account],
@@ -760,17 +772,13 @@ def test_a_message_the_server_cannot_read_does_not_hold_up_the_others(
     maildir = acct.dovecot.maildir(acct.user)
     files = _message_files(maildir)
     assert len(files) == 5
-    os.chmod(files[bad - 1], 0)  # a disk error, a wrong owner
-    try:
+    with unreadable_on_disk(maildir, files[bad - 1]):
         (status,) = poll_once(ws)
         assert status.failures == 0, status.last_error
         assert count(ws, RawSource) == 5 and acct.unseen() == [bad]
         assert f"cannot return UID {bad}" in caplog.text
         (status,) = poll_once(ws)  # and the next pass goes on from there
         assert status.failures == 0 and count(ws, RawSource) == 5
-    finally:  # (Dovecot may have moved the file from new/ to cur/ meanwhile)
-        for path in maildir.glob(f"*/{files[bad - 1].name.split(':')[0]}*"):
-            os.chmod(path, 0o600)
     with ws.db.session() as s:
         subjects = set(s.scalars(select(Ticket.subject)))
         flagged = s.execute(
@@ -910,35 +918,16 @@ def test_a_second_broken_message_alone_is_skipped_too(
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=3))
     acct.count()
     maildir = acct.dovecot.maildir(acct.user)
-    broken = []
-    try:
+    with contextlib.ExitStack() as broken:
         for subject in ("Broken 3", "Broken 4"):
             if subject == "Broken 4":
                 acct.append(email(subject))
                 acct.count()
-            new = _message_files(maildir)[-1]  # the latest message
-            os.chmod(new, 0)
-            broken.append(new.name)
+            broken.enter_context(unreadable_on_disk(maildir, _message_files(maildir)[-1]))
             (status,) = poll_once(ws)
             assert status.failures == 0, status.last_error
         assert count(ws, RawSource) == 4 and acct.unseen() == [3, 4]  # 2 and 2 stand-ins
         assert "cannot return UID 4" in caplog.text
-    finally:
-        for name in broken:
-            for path in maildir.glob(f"*/{name.split(':')[0]}*"):
-                os.chmod(path, 0o600)
-
-
-@contextlib.contextmanager
-def unreadable_on_disk(maildir: Path, message: Path) -> Iterator[None]:
-    """``message`` (a file of ``maildir``) unreadable by Dovecot: a disk error, a
-    wrong owner. Readable again afterwards, wherever Dovecot moved it meanwhile."""
-    os.chmod(message, 0)
-    try:
-        yield
-    finally:
-        for path in maildir.glob(f"*/{message.name.split(':')[0]}*"):
-            os.chmod(path, 0o600)
 
 
 def test_a_broken_message_alone_in_a_folder_move_empties_gets_its_stand_in(
