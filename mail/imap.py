@@ -559,7 +559,7 @@ class ImapSource:
                 log.debug("mailbox %s: LIST failed", m.name, exc_info=True)
             tried: list[str] = []
             for folder in folders:
-                if folder == m.folder or folder in tried or len(tried) == PROBE_FOLDERS:
+                if _same_folder(folder, m.folder) or folder in tried or len(tried) == PROBE_FOLDERS:
                     continue
                 tried.append(folder)
                 try:
@@ -891,6 +891,11 @@ def _is_news(response: Any) -> bool:
             b"RECENT",
         )
     )
+
+
+def _same_folder(a: str, b: str) -> bool:
+    """Whether two folder names name the same folder (INBOX in any case, RFC 3501)."""
+    return a == b or a.upper() == b.upper() == "INBOX"
 
 
 def _close(client: IMAPClient) -> None:
