@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -22,13 +21,15 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 
+from mail import imapconn
+from mail.imapconn import ImapError, close_quietly
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
 from mail.standin import place_key, stand_in
 from store.config import MailboxSettings, Settings
 from store.models import KnownCopy, MailboxState, Message, RawSource
-from store.secrets import SecretError, resolve_password, run_secret_command
+from store.secrets import SecretError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -41,16 +42,11 @@ PROBE_BELOW = 50
 PROBE_FOLDERS = 5
 # The keyword marking mail copied by move:FOLDER on a server without MOVE.
 FILED = b"$DeskqFiled"
-CONNECT_TIMEOUT = 30.0
 # Dovecot ends IDLE after 30 min and NATs drop quiet connections sooner: renew often.
 IDLE_RENEW_SECONDS = 240.0
 # idle_check() on a dead connection returns [] at once, forever: that many instant
 # empty returns in a row mean the server is gone.
 DEAD_IDLE_STREAK = 5
-
-
-class ImapError(Exception):
-    """A mailbox problem worth a clear message (login refused, folder missing...)."""
 
 
 class ServerBye(IMAPClientAbortError):  # type: ignore[misc]
@@ -59,11 +55,6 @@ class ServerBye(IMAPClientAbortError):  # type: ignore[misc]
 
 FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"
 SIZE_ITEMS = "(UID RFC822.SIZE)"
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """A verifying TLS context (system CAs, or only ``ca_file`` when given)."""
-    return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
 
 
 class ImapSource:
@@ -82,71 +73,15 @@ class ImapSource:
     def connect(self) -> IMAPClient:
         """Connect, secure, log in and select the folder."""
         self.recovered = False  # a drop may have cut an after-action short
-        client = self._open()
-        try:
-            self._select(client)
-        except BaseException:
-            _close(client)
-            raise
+        client, selected = imapconn.connect(self.mailbox)
+        self.uidvalidity, self.keywords = selected.uidvalidity, selected.keywords
         self.client = client
         return client
-
-    def _open(self) -> IMAPClient:
-        """A connection, secured and logged in, with no folder selected."""
-        m = self.mailbox
-        host, port = m.host or "localhost", m.effective_port
-        if m.security == "tls":
-            client = IMAPClient(
-                host,
-                port=port,
-                ssl=True,
-                ssl_context=tls_context(m.ca_file),
-                timeout=CONNECT_TIMEOUT,
-            )
-        else:
-            client = IMAPClient(host, port=port, ssl=False, timeout=CONNECT_TIMEOUT)
-            if m.security == "starttls":
-                client.starttls(tls_context(m.ca_file))
-        try:
-            self._login(client)
-        except BaseException:
-            _close(client)
-            raise
-        return client
-
-    def _login(self, client: IMAPClient) -> None:
-        m = self.mailbox
-        what = f"mailbox {m.name!r}"
-        try:
-            if m.auth == "xoauth2":
-                token = run_secret_command(m.token_command or "", f"{what} token_command")
-                client.oauth2_login(m.username, token)
-            else:
-                password = resolve_password(m, what, m.username)
-                if password is None:
-                    raise SecretError(f"{what}: no password source configured")
-                client.login(m.username, password)
-        except IMAPClientError as exc:
-            raise ImapError(f"{what}: login as {m.username} refused by {m.host}: {exc}") from None
-
-    def _select(self, client: IMAPClient) -> None:
-        m = self.mailbox
-        try:
-            info = client.select_folder(m.folder)
-        except IMAPClientError as exc:
-            raise ImapError(f"mailbox {m.name!r}: cannot open folder {m.folder!r}: {exc}") from None
-        self.uidvalidity = int(info[b"UIDVALIDITY"])
-        # Whether the server keeps keywords a client makes up (RFC 3501 "\\*").
-        self.keywords = b"\\*" in info.get(b"PERMANENTFLAGS", ())
-        if m.after.startswith("move:"):
-            target = m.after[5:]
-            if not client.folder_exists(target):
-                client.create_folder(target)
 
     def close(self) -> None:
         """Log out (best effort)."""
         if self.client is not None:
-            _close(self.client)
+            close_quietly(self.client)
             self.client = None
 
     # ------------------------------------------------------------------ passes
@@ -543,7 +478,7 @@ class ImapSource:
         folder opened read-only (EXAMINE) and read with BODY.PEEK: nothing changes."""
         m = self.mailbox
         try:
-            client = self._open()
+            client = imapconn.open_connection(self.mailbox)
         except (ImapError, SecretError, IMAPClientError, OSError) as exc:
             log.warning("mailbox %s: probing other folders failed: %s", m.name, exc)
             return False
@@ -582,7 +517,7 @@ class ImapSource:
         except OSError:
             return False
         finally:
-            _close(client)
+            close_quietly(client)
 
     def _reopen(self) -> IMAPClient:
         """A new connection to the same folder, within one pass: UIDs must mean the same."""
@@ -898,16 +833,6 @@ def _same_folder(a: str, b: str) -> bool:
     return a == b or a.upper() == b.upper() == "INBOX"
 
 
-def _close(client: IMAPClient) -> None:
-    try:
-        client.logout()
-    except (IMAPClientError, OSError):
-        try:
-            client.shutdown()
-        except (IMAPClientError, OSError):
-            log.debug("closing a dead IMAP connection failed", exc_info=True)
-
-
 @contextmanager
 def connected(source: ImapSource) -> Iterator[ImapSource]:
     """``source`` connected for the duration of the block."""
@@ -931,4 +856,4 @@ def append_copy(mailbox: MailboxSettings, settings: Settings, folder: str, raw: 
             f"mailbox {mailbox.name!r}: cannot keep a copy in {folder!r}: {exc}"
         ) from None
     finally:
-        _close(client)
+        close_quietly(client)

@@ -362,7 +362,8 @@ def sent_copier(settings: Settings, db: Database) -> Callable[[Claimed], None] |
     folder = sending.sent_folder
 
     def copy(item: Claimed) -> None:
-        from mail.imap import ImapError, append_copy
+        from mail.imap import append_copy
+        from mail.imapconn import ImapError
         from store.secrets import SecretError
 
         try:

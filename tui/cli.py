@@ -303,32 +303,41 @@ def cmd_poll(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from mail import pipeline
+    from mail import imapconn, pipeline
 
     # The parse worker starts (a process of its own, on another core) while this one
     # loads the database layer and opens the database: ready when the first mail is.
     pipeline.warm()
-    from mail.poller import poll_once, run_forever
-
     _poll_logging(args.debug)
-    ws = _workspace(args)
-    try:
-        if args.mailbox:
-            names = {m.name for m in ws.settings.mailbox}
-            unknown = [n for n in args.mailbox if n not in names]
-            if unknown:
-                raise UserError(
-                    f"--mailbox: no mailbox named {', '.join(unknown)} "
-                    f"(mailboxes: {', '.join(sorted(names)) or 'none'})",
-                    EXIT_USAGE,
-                )
-            import dataclasses
-
-            ws.settings = dataclasses.replace(
-                ws.settings, mailbox=tuple(m for m in ws.settings.mailbox if m.name in args.mailbox)
+    settings = _settings(args)
+    if args.mailbox:
+        names = {m.name for m in settings.mailbox}
+        unknown = [n for n in args.mailbox if n not in names]
+        if unknown:
+            raise UserError(
+                f"--mailbox: no mailbox named {', '.join(unknown)} "
+                f"(mailboxes: {', '.join(sorted(names)) or 'none'})",
+                EXIT_USAGE,
             )
-        if not ws.settings.mailbox:
-            raise UserError("no [[mailbox]] in the config: nothing to poll", EXIT_USAGE)
+        import dataclasses
+
+        settings = dataclasses.replace(
+            settings, mailbox=tuple(m for m in settings.mailbox if m.name in args.mailbox)
+        )
+    if not settings.mailbox:
+        raise UserError("no [[mailbox]] in the config: nothing to poll", EXIT_USAGE)
+    # So are the IMAP connections (TLS, login, SELECT), each in a thread: the first
+    # pass takes them (imapconn.connect), or the error opening one failed with.
+    imapconn.open_early(settings.mailbox)
+    try:
+        from mail.poller import poll_once, run_forever
+        from store.workspace import open_workspace
+
+        ws = open_workspace(settings, progress=clock_progress)
+    except BaseException:
+        imapconn.discard_early()
+        raise
+    try:
         progress = _progress_printer() if sys.stderr.isatty() else None
         if args.once:
             failed = 0
@@ -357,6 +366,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         if sender is not None:
             sender.join(timeout=10)
     finally:
+        imapconn.discard_early()  # a mailbox another poller works: never taken
         ws.close()
     return EXIT_OK
 

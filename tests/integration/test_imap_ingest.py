@@ -33,11 +33,12 @@ from imapclient.exceptions import IMAPClientError
 from sqlalchemy import func, select
 
 import mail.imap as imap_module
+from mail import imapconn
 from mail.imap import ImapSource, connected
 from mail.ingest import Ingestor, Outcome
 from mail.poller import MailboxStatus, MailboxWorker, poll_once, run_forever
 from store import services
-from store.config import parse_settings
+from store.config import MailboxSettings, parse_settings
 from store.models import (
     Direction,
     MailboxState,
@@ -1777,3 +1778,115 @@ def test_real_world_corpus_is_ingested(
         ).all()
     assert orphans == []
     assert acct.unseen() == []
+
+
+# ------------------------------------------------------------- connections opened early
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[IMAPClient]]:
+    """Every IMAP connection deskq opens from now on (early or not), in order; any
+    early connection left over is discarded at the end."""
+    clients: list[IMAPClient] = []
+    real = imapconn.open_connection
+
+    def recording(m: MailboxSettings) -> IMAPClient:
+        client = real(m)
+        clients.append(client)
+        return client
+
+    monkeypatch.setattr(imapconn, "open_connection", recording)
+    yield clients
+    imapconn.discard_early()
+
+
+def logged_out(client: IMAPClient) -> bool:
+    return bool(client._imap.state == "LOGOUT")
+
+
+def test_the_first_pass_takes_the_connection_opened_early(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+) -> None:
+    """``deskq poll`` connects (TLS, login, SELECT) while it loads the database layer;
+    the first pass goes on that connection instead of opening another."""
+    acct = account()
+    acct.append(email("Dock flickers 1"), email("Dock flickers 2"))
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(tls=True)))
+    imapconn.open_early(ws.settings.mailbox)
+    [status] = poll_ok(ws)
+    assert status.stored == 2 and acct.unseen() == []
+    assert len(opened) == 1  # the early one, used and closed by the pass
+    [status] = poll_ok(ws)  # later passes connect as usual
+    assert status.stored == 0 and len(opened) == 2
+
+
+def test_an_early_connection_that_failed_fails_the_pass_with_its_own_error(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error is the one connecting in the pass gives (login refused, with the
+    mailbox and server named), raised by the pass, and the login is not tried twice."""
+    acct = account()
+    monkeypatch.setenv(acct.env, "not the password")
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    logins: list[str] = []
+    real_login = IMAPClient.login
+
+    def login(self: IMAPClient, username: str, password: str) -> Any:
+        logins.append(username)
+        return real_login(self, username, password)
+
+    monkeypatch.setattr(IMAPClient, "login", login)
+    imapconn.open_early(ws.settings.mailbox)
+    [status] = poll_once(ws)
+    assert status.failures == 1
+    assert f"mailbox 'helpdesk': login as {acct.user} refused by 127.0.0.1" in status.last_error
+    assert logins == [acct.user]
+
+
+def test_early_connections_nothing_takes_are_closed(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+) -> None:
+    """A mailbox another poller works (or a command that fails before its pass)
+    leaves its early connection untaken: it is logged out, not left to time out."""
+    acct = account()
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    imapconn.open_early(ws.settings.mailbox)
+    wait_until(lambda: opened, 5, "the early connection")
+    imapconn.discard_early()
+    wait_until(lambda: logged_out(opened[0]), 5, "the early connection to be logged out")
+
+
+def test_an_early_connection_is_taken_only_for_the_same_settings_and_while_fresh(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opened for other settings of a mailbox of the same name (another folder), it
+    is not used; opened longer ago than EARLY_MAX_AGE (the server may have dropped
+    it), it is logged out and the pass connects anew."""
+    acct = account()
+    acct.append(email("Kettle 1"))
+    acct.append(email("Kettle 2"), folder="Facilities")
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    other = workspaces(config_toml(sqlite_url, acct.mailbox_toml(folder="Facilities")))
+    imapconn.open_early(other.settings.mailbox)
+    wait_until(lambda: opened, 5, "the early connection")
+    [status] = poll_ok(ws)
+    assert status.stored == 1 and acct.unseen() == [] and acct.unseen("Facilities") == [1]
+    assert len(opened) == 2 and not logged_out(opened[0])
+    monkeypatch.setattr(imapconn, "EARLY_MAX_AGE", 0.0)
+    [status] = poll_ok(other)
+    assert status.stored == 1 and acct.unseen("Facilities") == []
+    assert len(opened) == 3 and logged_out(opened[0])

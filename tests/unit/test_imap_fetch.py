@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from mail.imap import ImapError, ImapSource, _internaldate, _Line
+from mail.imap import ImapSource, _internaldate, _Line
+from mail.imapconn import ImapError
 from store.config import parse_settings
 
 CONFIG = (

@@ -1,0 +1,191 @@
+"""Connecting to an IMAP mailbox: TLS, login, the folder selected; and connections
+opened early, while the poller is still starting.
+
+Light on purpose (imapclient and the config, no database code): ``deskq poll`` opens
+its mailboxes' connections in threads before it loads the database layer, so the
+TLS handshake, the login and the SELECT (on a folder of new mail Dovecot answers it
+only after marking every message no longer recent: 0.16 s for 10,000) happen while
+the process imports and opens the database instead of after.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from store.config import MailboxSettings
+from store.secrets import SecretError, resolve_password, run_secret_command
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 30.0
+# An early connection not taken within this long is not used (the server may have
+# dropped it meanwhile): the source connects anew.
+EARLY_MAX_AGE = 30.0
+
+
+class ImapError(Exception):
+    """A mailbox problem worth a clear message (login refused, folder missing...)."""
+
+
+@dataclass(frozen=True)
+class Selected:
+    """What the SELECT of a mailbox's folder said."""
+
+    uidvalidity: int
+    # Whether the server keeps keywords a client makes up (RFC 3501 "\\*").
+    keywords: bool
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying TLS context (system CAs, or only ``ca_file`` when given)."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+
+
+def open_connection(m: MailboxSettings) -> IMAPClient:
+    """A connection to ``m``'s server, secured and logged in, with no folder selected."""
+    host, port = m.host or "localhost", m.effective_port
+    if m.security == "tls":
+        client = IMAPClient(
+            host, port=port, ssl=True, ssl_context=tls_context(m.ca_file), timeout=CONNECT_TIMEOUT
+        )
+    else:
+        client = IMAPClient(host, port=port, ssl=False, timeout=CONNECT_TIMEOUT)
+        if m.security == "starttls":
+            client.starttls(tls_context(m.ca_file))
+    try:
+        _login(client, m)
+    except BaseException:
+        close_quietly(client)
+        raise
+    return client
+
+
+def _login(client: IMAPClient, m: MailboxSettings) -> None:
+    what = f"mailbox {m.name!r}"
+    try:
+        if m.auth == "xoauth2":
+            token = run_secret_command(m.token_command or "", f"{what} token_command")
+            client.oauth2_login(m.username, token)
+        else:
+            password = resolve_password(m, what, m.username)
+            if password is None:
+                raise SecretError(f"{what}: no password source configured")
+            client.login(m.username, password)
+    except IMAPClientError as exc:
+        raise ImapError(f"{what}: login as {m.username} refused by {m.host}: {exc}") from None
+
+
+def select(client: IMAPClient, m: MailboxSettings) -> Selected:
+    """Select ``m``'s folder (and make its ``move:`` target if missing)."""
+    try:
+        info = client.select_folder(m.folder)
+    except IMAPClientError as exc:
+        raise ImapError(f"mailbox {m.name!r}: cannot open folder {m.folder!r}: {exc}") from None
+    selected = Selected(int(info[b"UIDVALIDITY"]), b"\\*" in info.get(b"PERMANENTFLAGS", ()))
+    if m.after.startswith("move:"):
+        target = m.after[5:]
+        if not client.folder_exists(target):
+            client.create_folder(target)
+    return selected
+
+
+def connect(m: MailboxSettings) -> tuple[IMAPClient, Selected]:
+    """Connect, secure, log in and select the folder: an early connection if one was
+    opened for exactly these settings (see :func:`open_early`), else a new one."""
+    early = _take_early(m)
+    if early is not None:
+        return early
+    client = open_connection(m)
+    try:
+        return client, select(client, m)
+    except BaseException:
+        close_quietly(client)
+        raise
+
+
+def close_quietly(client: IMAPClient) -> None:
+    """Log out; a connection already dead is shut down (best effort, never raises)."""
+    try:
+        client.logout()
+    except (IMAPClientError, OSError):
+        try:
+            client.shutdown()
+        except (IMAPClientError, OSError):
+            log.debug("closing a dead IMAP connection failed", exc_info=True)
+
+
+# ---------------------------------------------------------------- early connections
+
+_lock = threading.Lock()
+# mailbox settings -> (when opened, the connection being opened)
+_early: dict[MailboxSettings, tuple[float, Future[tuple[IMAPClient, Selected]]]] = {}
+
+
+def open_early(mailboxes: Iterable[MailboxSettings]) -> None:
+    """Start connecting to each IMAP mailbox now, each in a thread of its own.
+
+    The first :func:`connect` with the same settings takes the connection, or the
+    error opening it failed with (the same one, raised there). Call
+    :func:`discard_early` when done, for those nothing took.
+    """
+    for m in mailboxes:
+        if m.source != "imap":
+            continue
+        future: Future[tuple[IMAPClient, Selected]] = Future()
+        with _lock:
+            if m in _early:
+                continue
+            _early[m] = (time.monotonic(), future)
+
+        threading.Thread(
+            target=_open_early, args=(m, future), name=f"connect-{m.name}", daemon=True
+        ).start()
+
+
+def _open_early(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> None:
+    try:
+        client = open_connection(m)
+        try:
+            selected = select(client, m)
+        except BaseException:
+            close_quietly(client)
+            raise
+    except Exception as exc:  # noqa: BLE001  (raised again by connect(), where it belongs)
+        future.set_exception(exc)
+    else:
+        future.set_result((client, selected))
+
+
+def _take_early(m: MailboxSettings) -> tuple[IMAPClient, Selected] | None:
+    with _lock:
+        found = _early.pop(m, None)
+    if found is None:
+        return None
+    opened, future = found
+    result = future.result()  # (its error, if opening it failed)
+    if time.monotonic() - opened > EARLY_MAX_AGE:
+        close_quietly(result[0])
+        return None
+    return result
+
+
+def discard_early() -> None:
+    """Close the early connections nothing took (now, or once they are open)."""
+    with _lock:
+        left = list(_early.values())
+        _early.clear()
+    for _, future in left:
+        future.add_done_callback(_close_opened)
+
+
+def _close_opened(future: Future[tuple[IMAPClient, Selected]]) -> None:
+    if future.exception() is None:
+        close_quietly(future.result()[0])
