@@ -148,6 +148,11 @@ def open_early(mailboxes: Iterable[MailboxSettings]) -> None:
         threading.Thread(
             target=_open_early, args=(m, future), name=f"connect-{m.name}", daemon=True
         ).start()
+        # Not taken in time (a mailbox another poller works, in a `deskq poll` that
+        # runs for days): logged out then, not held until the server drops it.
+        timer = threading.Timer(EARLY_MAX_AGE, _expire, args=(m, future))
+        timer.daemon = True
+        timer.start()
 
 
 def _open_early(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> None:
@@ -184,6 +189,14 @@ def discard_early() -> None:
         _early.clear()
     for _, future in left:
         future.add_done_callback(_close_opened)
+
+
+def _expire(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> None:
+    with _lock:
+        if _early.get(m, (0.0, None))[1] is not future:
+            return  # taken or discarded meanwhile
+        del _early[m]
+    future.add_done_callback(_close_opened)
 
 
 def _close_opened(future: Future[tuple[IMAPClient, Selected]]) -> None:

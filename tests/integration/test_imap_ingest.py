@@ -1890,3 +1890,23 @@ def test_an_early_connection_is_taken_only_for_the_same_settings_and_while_fresh
     [status] = poll_ok(other)
     assert status.stored == 1 and acct.unseen("Facilities") == []
     assert len(opened) == 3 and logged_out(opened[0])
+
+
+def test_an_early_connection_nothing_takes_in_time_is_logged_out_by_itself(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `deskq poll` that runs for days while another poller works the mailbox never
+    takes its early connection: it is logged out after EARLY_MAX_AGE, not held open
+    until the server drops it."""
+    monkeypatch.setattr(imapconn, "EARLY_MAX_AGE", 0.3)
+    acct = account()
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
+    imapconn.open_early(ws.settings.mailbox)
+    wait_until(lambda: opened, 5, "the early connection")
+    wait_until(lambda: logged_out(opened[0]), 5, "the early connection to be logged out")
+    poll_ok(ws)  # the pass connects anew
+    assert len(opened) == 2
