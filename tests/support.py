@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,19 @@ def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
     monkeypatch.setattr(Ingestor, "store_batch", recording)
     return batches
+
+
+def record_args(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, pick: Callable[..., Any]
+) -> list[Any]:
+    """What ``pick`` takes from the arguments of every call to ``owner.name`` from now
+    on, recorded before the call (which goes through unchanged, raising or not)."""
+    calls: list[Any] = []
+    real = getattr(owner, name)
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        calls.append(pick(*args, **kw))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls

@@ -52,7 +52,7 @@ from store.models import (
 from store.views import TicketDetail, TicketSummary, iter_tickets, ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
-from tests.support import CORPUS, record_batch_sizes
+from tests.support import CORPUS, record_args, record_batch_sizes
 
 pytestmark = pytest.mark.dovecot
 
@@ -847,14 +847,7 @@ def test_an_email_larger_than_deskq_stores_is_not_fetched_and_a_stand_in_says_so
     monkeypatch.setattr(imap_module, "STORE_LIMIT", 200_000)
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
     batches = record_batch_sizes(monkeypatch)
-    fetched: list[str] = []
-    real_send = imap_module.send_fetch
-
-    def send(client: IMAPClient, uids: str, items: str) -> bytes:
-        fetched.append(uids)
-        return real_send(client, uids, items)
-
-    monkeypatch.setattr(imap_module, "send_fetch", send)
+    fetched = record_args(monkeypatch, imap_module, "send_fetch", lambda _, uids, __: uids)
     [status] = poll_ok(ws)
     assert status.stored == 3 and acct.unseen() == [2]
     assert fetched == ["1:3", "1", "3"]  # the sizes, then each side of UID 2, never it
@@ -1835,14 +1828,7 @@ def test_an_early_connection_that_failed_fails_the_pass_with_its_own_error(
     acct = account()
     monkeypatch.setenv(acct.env, "not the password")
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
-    logins: list[str] = []
-    real_login = IMAPClient.login
-
-    def login(self: IMAPClient, username: str, password: str) -> Any:
-        logins.append(username)
-        return real_login(self, username, password)
-
-    monkeypatch.setattr(IMAPClient, "login", login)
+    logins = record_args(monkeypatch, IMAPClient, "login", lambda _, username, __: username)
     imapconn.open_early(ws.settings.mailbox)
     [status] = poll_once(ws)
     assert status.failures == 1
