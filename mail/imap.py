@@ -26,7 +26,7 @@ from mail.imapconn import ImapError, close_quietly
 from mail.ingest import Ingestor, Outcome
 from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
-from mail.standin import place_key, stand_in
+from mail.standin import place_key, stand_in, stand_in_id
 from store.config import MailboxSettings, Settings
 from store.models import KnownCopy, MailboxState, Message, RawSource
 from store.secrets import SecretError
@@ -469,7 +469,7 @@ class ImapSource:
     def _stand_in_id(self, uid: int) -> str:
         """The Message-ID of the stand-in for ``uid`` of this folder."""
         place = place_key(self.mailbox.name, self.mailbox.folder)
-        return f"<unreadable.{self.uidvalidity}.{uid}.{place}@deskq.invalid>"
+        return stand_in_id(f"{self.uidvalidity}.{uid}", place)
 
     def _serves_elsewhere(self) -> bool:
         """Whether the server returns, now, the latest message of another folder: the

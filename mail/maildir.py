@@ -25,12 +25,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mail.ingest import Ingestor, Outcome
-from mail.parse import content_identity
 from mail.pipeline import batch_bounds, prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
-from mail.standin import place_key, stand_in
+from mail.standin import place_key, stand_in, stand_in_id
 from store.config import MailboxSettings, Settings
-from store.models import MailboxState, RawSource
+from store.models import MailboxState, Message
 
 log = logging.getLogger(__name__)
 # mailbox_state row holding the ctime (ns) up to which cur/ has been read.
@@ -260,25 +259,28 @@ class MaildirSource:
 
         Named by the file's unique part (the same in new/ and cur/, whatever its
         flags), so a file tried again on every pass gets one stand-in only: one stored
-        before is looked up by its identity, and none is made again.
+        before is found by its Message-ID, and none is made again.
         """
         box = self.mailbox
         base = path.name.partition(":2,")[0]
+        message_id = stand_in_id(place_key(base), place_key(box.name, str(self.root)))
+        with self.ingestor.db.session() as session:
+            stored = session.scalar(
+                select(Message.id).where(Message.message_id == message_id).limit(1)
+            )
+        if stored is not None:
+            return []
         name, where = _printable(" ".join(box.name.split())), _printable(str(self.root))
-        message_id = f"<unreadable.{place_key(base)}.{place_key(box.name, str(self.root))}"
         item = stand_in(
             subject=f"Unreadable message: file {_printable(base)[:100]} in mailbox {name}",
-            message_id=message_id + "@deskq.invalid>",
+            message_id=message_id,
             text=f"{what}\n\nIt is left where it is, untouched: file {_printable(base)} "
             f"(in new/ or cur/) of the Maildir {where} of mailbox {name}. {advice}\n",
             flag=flag,
             mailbox=box.name,
             received_at=_delivery_time(path),
         )
-        identity = content_identity(item.raw, message_id + "@deskq.invalid>")
-        with self.ingestor.db.session() as session:
-            stored = session.scalar(select(RawSource.id).where(RawSource.identity == identity))
-        return [] if stored is not None else [item]
+        return [item]
 
     def _clock_ns(self) -> int:
         """Now, by the clock that stamps the Maildir's files.

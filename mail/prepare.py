@@ -13,8 +13,8 @@ from datetime import datetime
 from mail.parse import ParsedMessage, content_identity, parse
 from store import codec
 
-# Emails larger than this are never read: IMAP gets a ticket flagged unreadable in
-# their place, a Maildir file is left where it is and logged. A raw source this size
+# Emails larger than this are never read: a ticket flagged unreadable stands in for
+# each (mail.standin), and the email is left where it is. A raw source this size
 # takes several times as much memory while it is parsed, and neither SQLite nor
 # PostgreSQL stores a value over 1 GB.
 STORE_LIMIT = 256 * 1024 * 1024

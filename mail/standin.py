@@ -22,6 +22,12 @@ def place_key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+def stand_in_id(what: str, place: str) -> str:
+    """The Message-ID of the stand-in for email ``what`` (a UID, a file) of ``place``:
+    how a source finds the stand-ins it stored before (messages.message_id)."""
+    return f"<unreadable.{what}.{place}@deskq.invalid>"
+
+
 def stand_in(
     *,
     subject: str,
