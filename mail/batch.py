@@ -586,6 +586,7 @@ class Batch:
             "subject": parsed.subject,
             "date": parsed.date,
             "text_body": parsed.text,
+            "text_more": p.text_more,
             "has_html": p.has_html,
         }
         if found is not None and found[2]:

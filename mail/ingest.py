@@ -137,7 +137,7 @@ class Ingestor:
                 from_addr=clean_text(p.parsed.from_addr)[:320],
                 fatal=f"deskq could not store this message: {type(exc).__name__}: {exc}"[:1000],
             )
-            p = dataclasses.replace(p, parsed=bare, too_large=False)
+            p = dataclasses.replace(p, parsed=bare, too_large=False, text_more=None)
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
 

@@ -10,7 +10,7 @@ from mail import compose, templates
 from mail.parse import display_address
 from store import outbox, services
 from store.config import QueueSettings, Settings
-from store.models import Direction, Message, Queue, Ticket, utcnow
+from store.models import Direction, Message, Queue, Ticket, text_columns, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def queue_automatic_reply(
         to_addrs=display_address(to_name, to_addr),
         subject=subject,
         date=now,
-        text_body=body,
+        **text_columns(body),
         threaded_by="automatic acknowledgement",
     )
     session.add(row)

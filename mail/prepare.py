@@ -53,6 +53,9 @@ class Prepared:
     # The identity this email had before deskq hashed the first Received header of
     # email with neither Message-ID nor Date (None: the same as ``identity``).
     legacy_identity: str | None = None
+    # The body past codec.TEXT_INLINE characters, compressed (``parsed.text`` then
+    # holds only the first part): done here, in the worker, off the writer's path.
+    text_more: bytes | None = None
 
 
 def prepare(item: Incoming, max_bytes: int) -> Prepared:
@@ -65,6 +68,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
     else:
         parsed = parse(raw)
     has_html, parsed.html = parsed.html is not None, None  # not stored: not sent back either
+    parsed.text, text_more = codec.split_text(parsed.text)
     if item.unreadable:
         parsed.fatal = item.unreadable
     identity = content_identity(raw, parsed.message_id)
@@ -80,6 +84,7 @@ def prepare(item: Incoming, max_bytes: int) -> Prepared:
         compressed=codec.compress(raw),  # as codec.CODEC
         too_large=too_large,
         has_html=has_html,
+        text_more=text_more,
     )
 
 

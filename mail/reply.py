@@ -35,6 +35,7 @@ from store.models import (
     Queue,
     Status,
     Ticket,
+    text_columns,
     utcnow,
 )
 
@@ -127,7 +128,7 @@ def context(
             "from": answered.from_addr if answered else "",
             "date": answered.date if answered else None,
             "subject": answered.subject if answered else "",
-            "text": answered.text_body if answered else "",
+            "text": answered.full_text if answered else "",
         },
         "sla": _sla(session, settings, ticket.id),
     }
@@ -207,10 +208,10 @@ def compose(
         raise services.ActionError("a reply needs some text")
     answered = _answered(session, ticket.id)
     text = wrap(text.rstrip()) + "\n\n"
-    if quote and answered is not None and answered.text_body.strip():
+    if quote and answered is not None and answered.full_text.strip():
         when = f"{answered.date:%a %d %b %Y %H:%M}" if answered.date else "earlier"
         text += f"On {when}, {answered.from_addr} wrote:\n"
-        text += templates.quote(own_text(answered.text_body)) + "\n\n"
+        text += templates.quote(own_text(answered.full_text)) + "\n\n"
     text += signature(settings, queue, ctx["provider"]["name"]) + "\n"
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # mail bodies may carry CRLF
     requester = session.get_one(Person, ticket.requester_id)
@@ -319,7 +320,7 @@ def queue(session: Session, settings: Settings, draft: Draft, actor: Person) -> 
         cc_addrs=display_addresses(draft.cc),
         subject=draft.subject,
         date=now,
-        text_body=draft.body,
+        **text_columns(draft.body),
         threaded_by="our reply",
     )
     status = Status(draft.status_after) if draft.status_after else None

@@ -52,3 +52,26 @@ def inflate(compression: str, data: bytes) -> bytes:
     if compression in ("", "none"):
         return data
     raise ValueError(f"unknown compression {compression!r}")
+
+
+# Message text: the first TEXT_INLINE characters of a body are stored as text, which
+# is what search indexes and what lists and previews read; the rest of a longer body
+# is stored beside it compressed (messages.text_more, always CODEC). On the benchmark's
+# 10,000 emails the bodies were 61 MB of text, 53 MB of it in the 5 % over this size:
+# writing and indexing those bytes cost a quarter of storing the import.
+TEXT_INLINE = 16_384
+
+
+def split_text(text: str) -> tuple[str, bytes | None]:
+    """``(inline, more)``: ``text`` as stored; ``more`` is None for a short text."""
+    if len(text) <= TEXT_INLINE:
+        return text, None
+    rest = text[TEXT_INLINE:].encode("utf-8", "surrogatepass")
+    return text[:TEXT_INLINE], compress(rest)
+
+
+def join_text(inline: str, more: bytes | None) -> str:
+    """The whole text :func:`split_text` stored as ``inline`` and ``more``."""
+    if not more:
+        return inline
+    return inline + inflate(CODEC, more).decode("utf-8", "surrogatepass")

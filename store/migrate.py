@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The newest revision in store/migrations/versions (a test keeps these in step).
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant key for pg_advisory_xact_lock: one migrator at a time.
 _PG_LOCK_KEY = 0x6465736B71

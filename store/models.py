@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from store.codec import inflate
+from store.codec import inflate, join_text, split_text
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -309,7 +309,10 @@ class Message(Base):
     cc_addrs: Mapped[str] = mapped_column(Text, default="")
     subject: Mapped[str] = mapped_column(Text, default="")
     date: Mapped[datetime | None]
+    # The body's first codec.TEXT_INLINE characters (what search indexes); the rest of
+    # a longer one, compressed, in text_more. ``full_text`` joins them.
     text_body: Mapped[str] = mapped_column(Text, default="")
+    text_more: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Whether the email had an HTML part. The HTML itself is not copied here: it is in
     # the raw source (kept, compressed), and is often several times the size of the text.
     has_html: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -320,6 +323,17 @@ class Message(Base):
     attachments: Mapped[list[Attachment]] = relationship(
         cascade="all, delete-orphan", order_by="Attachment.id"
     )
+
+    @property
+    def full_text(self) -> str:
+        """The whole body."""
+        return join_text(self.text_body, self.text_more)
+
+
+def text_columns(text: str) -> dict[str, Any]:
+    """A body as a message row stores it: ``Message(..., **text_columns(body))``."""
+    inline, more = split_text(text)
+    return {"text_body": inline, "text_more": more}
 
 
 class Blob(Base):

@@ -31,6 +31,7 @@ from store.models import (
     TicketFlag,
     TicketLink,
     TicketTag,
+    text_columns,
     utcnow,
 )
 
@@ -387,7 +388,7 @@ def add_note(session: Session, ticket_id: int, version: int, actor: Person, text
         author_id=actor.id,
         from_addr=actor.address,
         subject=change.ticket.subject,
-        text_body=text,
+        **text_columns(text),
         date=change.at,
         created_at=change.at,
         threaded_by="note",

@@ -402,7 +402,7 @@ def ticket_detail(session: Session, ticket_id: int) -> TicketDetail | None:
                 subject=m.subject,
                 message_id=m.message_id,
                 in_reply_to=m.in_reply_to,
-                text=m.text_body,
+                text=m.full_text,
                 has_html=m.has_html,
                 threaded_by=m.threaded_by,
                 attachments=tuple(attachments.get(m.id, ())),

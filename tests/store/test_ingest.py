@@ -26,7 +26,7 @@ from mail.ingest import Ingestor, Outcome
 from mail.maildir import MaildirSource
 from mail.parse import ParsedMessage, content_identity, parse
 from mail.poller import poll_once
-from store import services
+from store import codec, services
 from store.config import Settings, parse_settings
 from store.db import make_engine
 from store.models import (
@@ -46,7 +46,7 @@ from store.models import (
     TicketFlag,
     TicketLink,
 )
-from store.views import ticket_detail
+from store.views import search_ticket_ids, ticket_detail
 from store.workspace import Workspace, open_workspace
 from tests import servers
 from tests.conftest import TEMPLATE_DB
@@ -1389,6 +1389,36 @@ def test_html_is_flagged_and_kept_in_the_raw_source_only(desk: Desk) -> None:
     with desk.ws.db.session() as s:
         rows = s.execute(text("SELECT * FROM messages")).mappings().all()
     assert not any("<div" in str(v) for row in rows for v in row.values())
+
+
+def test_a_long_body_is_kept_whole_its_first_part_searched(desk: Desk) -> None:
+    """Past codec.TEXT_INLINE characters a body is stored compressed beside its first
+    part: shown and quoted whole, searched in its first part, on both databases."""
+    lines = [f"Line {n:05d}: the printer on floor {n % 7} jams. Zürich ✓" for n in range(1500)]
+    lines[40] += " earlyword"
+    lines[1400] += " lateword"
+    body = "\n".join(lines)
+    assert len(body) > 3 * codec.TEXT_INLINE
+    raw = (
+        "From: Bob <bob@corp.example>\nTo: it-help@corp.example\nSubject: Long log\n"
+        "Message-ID: <long-1@corp.example>\nMIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+        + body
+        + "\n"
+    ).encode()
+    tid = desk.deliver(raw).tickets[0]
+    short = desk.deliver(email(subject="Short one")).tickets[0]
+    whole = parse(raw).text
+    stored = desk.messages(tid)[0]
+    assert stored.text_body == whole[: codec.TEXT_INLINE]
+    assert stored.text_more is not None and len(stored.text_more) < len(whole) // 4
+    assert stored.full_text == whole
+    assert desk.messages(short)[0].text_more is None  # a short body: all in text_body
+    with desk.ws.db.session() as s:
+        detail = ticket_detail(s, tid)
+        assert detail is not None and detail.messages[0].text == whole
+        found = {w: set(s.scalars(search_ticket_ids(s, w))) for w in ("earlyword", "lateword")}
+    assert found == {"earlyword": {tid}, "lateword": set()}
 
 
 def test_names_beyond_ascii_are_stored_as_people_read_them(desk: Desk) -> None:

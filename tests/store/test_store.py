@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from store import migrate, services
+from store import codec, migrate, services
 from store.config import parse_settings
 from store.db import PAGE_SIZE, Database, DatabaseError
 from store.models import Direction, Event, Message, Person, Priority, Queue, Status, Ticket
-from store.views import iter_tickets, ticket_detail
+from store.views import iter_tickets, search_ticket_ids, ticket_detail
 from store.workspace import open_workspace, sync_queues
 from tests.servers import PostgresCluster
 from tests.support import empty_database_with_4k_pages
@@ -150,6 +150,40 @@ def test_upgrade_turns_stored_html_into_a_flag(db_url: str) -> None:
     with db.engine.connect() as conn:
         columns = {c["name"] for c in inspect(conn).get_columns("messages")}
     assert "has_html" in columns and "html_body" not in columns
+    db.close()
+
+
+def test_a_long_note_is_split_and_a_downgrade_joins_it_again(db_url: str) -> None:
+    """Migration 0014: a body past codec.TEXT_INLINE is stored in two parts (any
+    writer, here a note); undone, the whole body is back in text_body, and searched."""
+    from alembic import command
+
+    db = Database.open(db_url)
+    _setup(db)
+    tid = _new_ticket(db)
+    provider = _person(db, "alice@corp.example")
+    long_text = "Steps tried so far, in order. " * 2000 + "finalstep"
+    with db.write() as s:
+        version = s.get_one(Ticket, tid).version
+        note = services.add_note(s, tid, version, provider, long_text)
+        note_id = note.id
+    with db.session() as s:
+        stored = s.get_one(Message, note_id)
+        assert len(stored.text_body) == codec.TEXT_INLINE and stored.text_more is not None
+        assert stored.full_text == long_text
+        assert list(s.scalars(search_ticket_ids(s, "finalstep"))) == []
+    with db.engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "0013")
+        body = conn.execute(
+            text("SELECT text_body FROM messages WHERE id = :id"), {"id": note_id}
+        ).scalar_one()
+    assert body == long_text
+    with db.session() as s:  # the search index follows the whole body again
+        assert list(s.scalars(search_ticket_ids(s, "finalstep"))) == [tid]
+    assert migrate.upgrade(db.engine) is True
+    with db.session() as s:
+        again = s.get_one(Message, note_id)
+        assert (again.text_body, again.text_more, again.full_text) == (long_text, None, long_text)
     db.close()
 
 

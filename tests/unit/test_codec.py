@@ -9,6 +9,7 @@ import zlib
 import pytest
 import zstandard
 
+from mail.parse import parse
 from mail.prepare import Incoming, prepare
 from store import codec
 from store.models import Blob, RawSource
@@ -72,3 +73,33 @@ def test_prepared_emails_are_compressed_as_the_codec_says() -> None:
 def test_damaged_data_raises_what_callers_catch(compression: str) -> None:
     with pytest.raises(codec.DAMAGED):
         codec.inflate(compression, b"not what the row says")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "short",
+        "x" * codec.TEXT_INLINE,  # exactly the inline part: nothing more
+        "é" * (codec.TEXT_INLINE + 1),
+        "a\r\n" * codec.TEXT_INLINE,  # a CRLF cut in two at the boundary
+        "🙂 Zürich " * codec.TEXT_INLINE,  # characters beyond the BMP, not bytes
+        "lone \udcff surrogate " * 2000,
+    ],
+)
+def test_message_text_splits_at_the_inline_length_and_joins_back_exactly(text: str) -> None:
+    inline, more = codec.split_text(text)
+    same = inline == text[: codec.TEXT_INLINE] and codec.join_text(inline, more) == text
+    assert same  # (a failed comparison of such strings is too long to show)
+    assert (more is None) == (len(text) <= codec.TEXT_INLINE)
+
+
+def test_a_prepared_long_email_carries_its_rest_compressed() -> None:
+    """The worker splits the body, so the writer never handles the long part as text."""
+    body = "A log line that goes on and on.\r\n" * 2000
+    raw = ("Subject: log\r\nMessage-ID: <log@x>\r\n\r\n" + body).encode()
+    prepared = prepare(Incoming(raw=raw, mailbox="m"), 1 << 20)
+    assert len(prepared.parsed.text) == codec.TEXT_INLINE and prepared.text_more is not None
+    whole = codec.join_text(prepared.parsed.text, prepared.text_more)
+    same = whole == parse(raw).text and whole.startswith(body[:100]) and len(whole) > len(body) - 10
+    assert same  # (a failed comparison of such strings is too long to show)
