@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from imapclient import IMAPClient
@@ -23,8 +21,19 @@ from sqlalchemy import select
 
 from mail import imapconn
 from mail.imapconn import ImapError, close_quietly
+from mail.imapwire import (
+    FETCH_ITEMS,
+    Prefetched,
+    ServerBye,
+    chunk_bounds,
+    fetch_sizes,
+    incoming_from,
+    read_fetch,
+    send_fetch,
+    uid_set,
+)
 from mail.ingest import Ingestor, Outcome
-from mail.pipeline import batch_bounds, prepared_batches
+from mail.pipeline import prepared_batches
 from mail.prepare import STORE_LIMIT, Incoming
 from mail.standin import place_key, stand_in, stand_in_id
 from store.config import MailboxSettings, Settings
@@ -49,14 +58,6 @@ IDLE_RENEW_SECONDS = 240.0
 DEAD_IDLE_STREAK = 5
 
 
-class ServerBye(IMAPClientAbortError):  # type: ignore[misc]
-    """The server ended the connection with a BYE in the middle of an answer."""
-
-
-FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"
-SIZE_ITEMS = "(UID RFC822.SIZE)"
-
-
 class ImapSource:
     """One ``[[mailbox]]`` with ``source = "imap"``."""
 
@@ -67,19 +68,29 @@ class ImapSource:
         self.recovered = False
         self.keywords = False
         self.served: int | None = None
+        # The first pass's start, made while `deskq poll` started (mail.imapwire).
+        self.prefetched: Prefetched | None = None
 
     # ------------------------------------------------------------------ connection
 
     def connect(self) -> IMAPClient:
         """Connect, secure, log in and select the folder."""
         self.recovered = False  # a drop may have cut an after-action short
-        client, selected = imapconn.connect(self.mailbox)
+        client, selected, made = imapconn.connect(self.mailbox)
         self.uidvalidity, self.keywords = selected.uidvalidity, selected.keywords
         self.client = client
+        self._drop_prefetched()
+        self.prefetched = made if isinstance(made, Prefetched) else None
         return client
+
+    def _drop_prefetched(self) -> None:
+        if self.prefetched is not None:
+            self.prefetched.cancel()
+            self.prefetched = None
 
     def close(self) -> None:
         """Log out (best effort)."""
+        self._drop_prefetched()
         if self.client is not None:
             close_quietly(self.client)
             self.client = None
@@ -117,14 +128,23 @@ class ImapSource:
             self.recovered = True
         self.served = None  # the last message served in this pass (see _still_serves)
         outcomes: list[Outcome] = []
+        # Begun early, from the same state: its SEARCH and first batch are this pass's.
+        early, self.prefetched = self.prefetched, None
+        if early is not None and not early.fits(self.uidvalidity, last):
+            early.cancel()
+            early = None
         # Repeat until a SEARCH finds nothing new: mail that lands during a long pass is
         # announced only in replies to the pass's own commands, which imapclient drops.
         while True:
             client = self.client or self._reopen()  # a message the server refused: reopened
-            uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
+            if early is not None:
+                uids = early.uids
+            else:
+                uids = sorted(u for u in client.search(["UID", f"{last + 1}:*"]) if u > last)
             if not uids:
                 return outcomes
-            outcomes += self._store_uids(client, uids, progress, stop)
+            outcomes += self._store_uids(client, uids, progress, stop, early)
+            early = None
             if stop is not None and stop():
                 return outcomes
             last = uids[-1]
@@ -135,19 +155,24 @@ class ImapSource:
         uids: list[int],
         progress: Progress | None,
         stop: Callable[[], bool] | None = None,
+        early: Prefetched | None = None,
     ) -> list[Outcome]:
-        sizes, client = self._sizes(client, uids)
-        ingest = self.settings.ingest
+        if early is not None:
+            sizes = early.sizes
+        else:
+            sizes, client = self._sizes(client, uids)
         # Larger than deskq stores: not fetched at all (a stand-in says so). No batch
         # holds more than that either, so each such email is a batch of its own.
         too_large = {uid: size for uid, size in sizes.items() if size > STORE_LIMIT}
-        limit = min(ingest.batch_bytes, STORE_LIMIT)
-        chunks = [
-            uids[start:end]
-            for start, end in batch_bounds(
-                [sizes.get(uid, 0) for uid in uids], ingest.batch_size, limit
-            )
-        ]
+        chunks = chunk_bounds(self.settings, uids, sizes, STORE_LIMIT)
+        first: list[Incoming] | None = None
+        if early is not None:
+            if chunks and chunks[0] == [i.uid for i in early.first]:
+                first = early.first
+                self.served = first[-1].uid
+            else:  # (cannot happen: the same uids, sizes and settings)
+                early.cancel()
+                early = None
         outcomes: list[Outcome] = []
         done = 0
         # Stored and committed, after-action not applied yet: it is applied when no
@@ -161,8 +186,12 @@ class ImapSource:
                 self._after(self.client, pending)
 
         line = _Line()
-        fetched = self._fetch_ahead(client, chunks, after_committed, line, too_large)
-        batches = prepared_batches(fetched, self.settings.ingest.max_message_bytes)
+        fetched = self._fetch_ahead(client, chunks, after_committed, line, too_large, first)
+        batches = prepared_batches(
+            fetched,
+            self.settings.ingest.max_message_bytes,
+            early.parsing if early is not None else None,
+        )
         failed = True
         try:
             for chunk, prepared in zip(chunks, batches, strict=True):
@@ -225,14 +254,8 @@ class ImapSource:
         """
         if len(uids) < 2:
             return {}, client
-        sizes: dict[int, int] = {}
         try:
-            tag = send_fetch(client, f"{uids[0]}:{uids[-1]}", SIZE_ITEMS)
-            for text in read_fetch(client, tag, self.mailbox.name):
-                if isinstance(text, bytes):
-                    uid, size = _UID.search(text), _SIZE.search(text)
-                    if uid is not None and size is not None:
-                        sizes[int(uid.group(1))] = int(size.group(1))
+            sizes = fetch_sizes(client, uids, self.mailbox.name)
         except (ImapError, ServerBye) as exc:
             log.warning(
                 "mailbox %s: the server did not give message sizes (%s); batches are "
@@ -262,6 +285,7 @@ class ImapSource:
         between: Callable[[], None],
         line: _Line,
         too_large: dict[int, int] | None = None,
+        first: list[Incoming] | None = None,
     ) -> Generator[list[Incoming], None, None]:
         """Each chunk's messages, in order; the next chunk's FETCH is sent before one is
         handed over, so the server answers it while the caller stores.
@@ -270,7 +294,7 @@ class ImapSource:
         IMAP client reads answers in the order it sent the commands). ``line.busy``
         says whether an answer is still unread, or was read only in part. A chunk of
         one message in ``too_large`` (UID: size) is not fetched: a stand-in takes its
-        place.
+        place. ``first``: the first chunk's messages, fetched before (mail.imapwire).
         """
 
         too_large = too_large or {}
@@ -279,13 +303,15 @@ class ImapSource:
             if len(chunk) == 1 and chunk[0] in too_large:
                 return None
             line.busy = True
-            return send_fetch(client, _uid_set(chunk), FETCH_ITEMS)
+            return send_fetch(client, uid_set(chunk), FETCH_ITEMS)
 
         if not chunks:
             return
-        tag = send(client, chunks[0])
+        tag = None if first is not None else send(client, chunks[0])
         for index, chunk in enumerate(chunks):
-            if tag is None:
+            if index == 0 and first is not None:
+                incoming = first
+            elif tag is None:
                 incoming = [self._too_large(chunk[0], too_large[chunk[0]])]
             else:
                 incoming, client = self._read_chunk(client, chunk, tag, line)
@@ -531,37 +557,7 @@ class ImapSource:
         return client
 
     def _incoming(self, chunk: list[int], data: list[Any]) -> list[Incoming]:
-        """The messages of a FETCH (BODY.PEEK[]: reading marks nothing), in UID order.
-
-        The response is read by :func:`read_fetch`: imapclient's parser costs four
-        times the whole FETCH, imaplib's twice, and only two fields are needed here.
-        """
-        found: dict[int, tuple[bytes, datetime | None]] = {}
-        pending: tuple[bytes, bytes] | None = None  # (text around the body, body)
-        for part in [*data, b""]:
-            if pending is not None and not isinstance(part, tuple):
-                # The item ends here; UID and INTERNALDATE may come before or after the
-                # body (the server chooses the order).
-                text = pending[0] + (part if isinstance(part, bytes) else b"")
-                uid, date = _UID.search(text), _INTERNALDATE.search(text)
-                if uid is not None:
-                    when = _internaldate(date.group(1)) if date else None
-                    found[int(uid.group(1))] = (pending[1], when)
-                pending = None
-            if isinstance(part, tuple) and len(part) >= 2 and b"BODY[]" in part[0]:
-                pending = (part[0], part[1])
-        return [
-            Incoming(
-                raw=found[uid][0],
-                mailbox=self.mailbox.name,
-                folder=self.mailbox.folder,
-                uidvalidity=self.uidvalidity,
-                uid=uid,
-                received_at=found[uid][1],
-            )
-            for uid in chunk
-            if uid in found
-        ]
+        return incoming_from(chunk, data, self.mailbox, self.uidvalidity)
 
     def _after(self, client: IMAPClient, uids: list[int]) -> None:
         """The after-action, applied only to committed messages."""
@@ -706,114 +702,10 @@ def _buffered_lines(client: IMAPClient) -> list[bytes]:
     return lines
 
 
-def send_fetch(client: IMAPClient, uids: str, items: str) -> bytes:
-    """Send ``UID FETCH`` without waiting: its tag, for :func:`read_fetch`."""
-    imap = client._imap
-    tag: bytes = imap._new_tag()
-    imap.send(b"%s UID FETCH %s %s\r\n" % (tag, uids.encode("ascii"), items.encode("ascii")))
-    return tag
-
-
-def read_fetch(client: IMAPClient, tag: bytes, name: str) -> list[Any]:
-    """The data of the FETCH sent as ``tag``: what ``imaplib.IMAP4.uid("FETCH", ...)``
-    returns, read with less machinery.
-
-    imaplib matches several regular expressions against every line and files every
-    response by type; for a FETCH of thousands of messages that is most of the
-    client's time (0.42 of 0.48 s for 10,000 messages, against 0.02 s here). This
-    reads lines and literals with imaplib's own ``_get_line`` and ``read`` (same EOF,
-    line length and timeout rules). Like imaplib it returns the untagged FETCH
-    responses as a tuple (text, literal) per literal, then the text after it; the
-    texts keep the response's ``N FETCH (`` (imaplib drops ``FETCH``). Other
-    responses (EXISTS, EXPUNGE, RECENT) are dropped: the next SEARCH sees their
-    effect. A NO or BAD raises :class:`ImapError`, a BYE imapclient's abort error.
-    """
-    imap = client._imap
-    data: list[Any] = []
-    try:
-        while True:
-            line = imap._get_line()
-            if line.startswith(tag + b" "):
-                status = line[len(tag) + 1 :].split(b" ", 1)[0].upper()
-                if status != b"OK":
-                    raise ImapError(f"mailbox {name!r}: FETCH failed: {line!r}"[:300])
-                return data
-            if line[:5].upper() == b"* BYE":
-                raise ServerBye(f"server closed the connection: {line!r}"[:300])
-            wanted = _UNTAGGED_FETCH.match(line) is not None
-            text = line[2:] if line.startswith(b"* ") else line
-            while text.endswith(b"}") and (literal := _LITERAL.search(text)) is not None:
-                size = int(literal.group(1))
-                body = imap.read(size)
-                if len(body) != size:
-                    raise IMAPClientAbortError(f"connection closed in a {size}-byte literal")
-                if wanted:
-                    data.append((text, body))
-                text = imap._get_line()  # the response goes on after the literal
-            if wanted:
-                data.append(text)
-    finally:
-        imap.tagged_commands.pop(tag, None)
-
-
 class _Line:
     """Whether a FETCH answer is pending on the connection (see _fetch_ahead)."""
 
     busy = False
-
-
-def _uid_set(uids: list[int]) -> str:
-    return ",".join(map(str, uids))
-
-
-_UNTAGGED_FETCH = re.compile(rb"\* \d+ FETCH\b", re.IGNORECASE)
-_LITERAL = re.compile(rb"\{(\d+)\}$")
-_UID = re.compile(rb"\bUID (\d+)")
-_INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
-_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)", re.IGNORECASE)
-
-
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        (
-            b"jan",
-            b"feb",
-            b"mar",
-            b"apr",
-            b"may",
-            b"jun",
-            b"jul",
-            b"aug",
-            b"sep",
-            b"oct",
-            b"nov",
-            b"dec",
-        ),
-        start=1,
-    )
-}
-_DATE_PARTS = re.compile(
-    rb"(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
-)
-
-
-def _internaldate(value: bytes) -> datetime | None:
-    """An IMAP INTERNALDATE ("24-Nov-2026 09:15:02 +0100") as a UTC datetime.
-
-    Parsed by hand: strptime's month names follow the process locale.
-    """
-    m = _DATE_PARTS.search(value)
-    month = _MONTHS.get(m.group(2).lower()) if m else None
-    if m is None or month is None:
-        return None
-    day, year, hour, minute, second = (int(m.group(i)) for i in (1, 3, 4, 5, 6))
-    offset = timedelta(hours=int(m.group(8)), minutes=int(m.group(9)))
-    try:
-        local = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-        return local - offset if m.group(7) == b"+" else local + offset
-    except (ValueError, OverflowError):  # e.g. 31-Feb, or year 9999 with a negative offset
-        return None
 
 
 def _is_news(response: Any) -> bool:

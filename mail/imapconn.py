@@ -14,9 +14,10 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -97,15 +98,16 @@ def select(client: IMAPClient, m: MailboxSettings) -> Selected:
     return selected
 
 
-def connect(m: MailboxSettings) -> tuple[IMAPClient, Selected]:
+def connect(m: MailboxSettings) -> tuple[IMAPClient, Selected, Any]:
     """Connect, secure, log in and select the folder: an early connection if one was
-    opened for exactly these settings (see :func:`open_early`), else a new one."""
+    opened for exactly these settings (see :func:`open_early`), else a new one.
+    The third item is what ``after_select`` made of the early one (else None)."""
     early = _take_early(m)
     if early is not None:
         return early
     client = open_connection(m)
     try:
-        return client, select(client, m)
+        return client, select(client, m), None
     except BaseException:
         close_quietly(client)
         raise
@@ -124,29 +126,44 @@ def close_quietly(client: IMAPClient) -> None:
 
 # ---------------------------------------------------------------- early connections
 
+# An early connection: the client, its SELECT, what after_select made (or None, when
+# after_select failed and the connection was closed).
+Early = tuple[IMAPClient, Selected, Any] | None
+AfterSelect = Callable[[MailboxSettings, IMAPClient, Selected], Any]
+
 _lock = threading.Lock()
 # mailbox settings -> (when opened, the connection being opened)
-_early: dict[MailboxSettings, tuple[float, Future[tuple[IMAPClient, Selected]]]] = {}
+_early: dict[MailboxSettings, tuple[float, Future[Early]]] = {}
 
 
-def open_early(mailboxes: Iterable[MailboxSettings]) -> None:
+def open_early(
+    mailboxes: Iterable[MailboxSettings], after_select: AfterSelect | None = None
+) -> None:
     """Start connecting to each IMAP mailbox now, each in a thread of its own.
 
     The first :func:`connect` with the same settings takes the connection, or the
     error opening it failed with (the same one, raised there). Call
     :func:`discard_early` when done, for those nothing took.
+
+    ``after_select(m, client, selected)`` then runs in the same thread; connect()
+    hands on what it returns. If it raises, the connection is closed and connect()
+    opens a new one: a pass meets the trouble itself, where it is handled.
+    What it returns may have a ``cancel()``, called if nothing takes it.
     """
     for m in mailboxes:
         if m.source != "imap":
             continue
-        future: Future[tuple[IMAPClient, Selected]] = Future()
+        future: Future[Early] = Future()
         with _lock:
             if m in _early:
                 continue
             _early[m] = (time.monotonic(), future)
 
         threading.Thread(
-            target=_open_early, args=(m, future), name=f"connect-{m.name}", daemon=True
+            target=_open_early,
+            args=(m, future, after_select),
+            name=f"connect-{m.name}",
+            daemon=True,
         ).start()
         # Not taken in time (a mailbox another poller works, in a `deskq poll` that
         # runs for days): logged out then, not held until the server drops it.
@@ -155,7 +172,9 @@ def open_early(mailboxes: Iterable[MailboxSettings]) -> None:
         timer.start()
 
 
-def _open_early(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> None:
+def _open_early(
+    m: MailboxSettings, future: Future[Early], after_select: AfterSelect | None
+) -> None:
     try:
         client = open_connection(m)
         try:
@@ -165,19 +184,28 @@ def _open_early(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]])
             raise
     except Exception as exc:  # noqa: BLE001  (raised again by connect(), where it belongs)
         future.set_exception(exc)
-    else:
-        future.set_result((client, selected))
+        return
+    made = None
+    if after_select is not None:
+        try:
+            made = after_select(m, client, selected)
+        except Exception:
+            log.debug("mailbox %s: early start failed", m.name, exc_info=True)
+            close_quietly(client)
+            future.set_result(None)
+            return
+    future.set_result((client, selected, made))
 
 
-def _take_early(m: MailboxSettings) -> tuple[IMAPClient, Selected] | None:
+def _take_early(m: MailboxSettings) -> tuple[IMAPClient, Selected, Any] | None:
     with _lock:
         found = _early.pop(m, None)
     if found is None:
         return None
     opened, future = found
     result = future.result()  # (its error, if opening it failed)
-    if time.monotonic() - opened > EARLY_MAX_AGE:
-        close_quietly(result[0])
+    if result is not None and time.monotonic() - opened > EARLY_MAX_AGE:
+        _close_early(result)
         return None
     return result
 
@@ -191,7 +219,7 @@ def discard_early() -> None:
         future.add_done_callback(_close_opened)
 
 
-def _expire(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> None:
+def _expire(m: MailboxSettings, future: Future[Early]) -> None:
     with _lock:
         if _early.get(m, (0.0, None))[1] is not future:
             return  # taken or discarded meanwhile
@@ -199,6 +227,15 @@ def _expire(m: MailboxSettings, future: Future[tuple[IMAPClient, Selected]]) -> 
     future.add_done_callback(_close_opened)
 
 
-def _close_opened(future: Future[tuple[IMAPClient, Selected]]) -> None:
+def _close_opened(future: Future[Early]) -> None:
     if future.exception() is None:
-        close_quietly(future.result()[0])
+        _close_early(future.result())
+
+
+def _close_early(early: Early) -> None:
+    if early is not None:
+        client, _, made = early
+        cancel = getattr(made, "cancel", None)
+        if cancel is not None:
+            cancel()
+        close_quietly(client)

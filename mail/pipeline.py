@@ -156,20 +156,21 @@ def batch_bounds(sizes: Sequence[int], count: int, max_bytes: int) -> list[tuple
 
 
 def prepared_batches(
-    batches: Iterable[list[Incoming]], max_bytes: int
+    batches: Iterable[list[Incoming]], max_bytes: int, first: Pending | None = None
 ) -> Generator[list[Prepared], None, None]:
     """The batches, prepared, in order; batch n+1 is parsed while batch n is used.
+    ``first``: the first batch's preparation, submitted before (see mail.imapwire).
 
     A batch goes to the worker in parts of :data:`PART` messages. When the caller
     wants a batch, the parts the worker has not begun are parsed by the caller itself,
     from the end: a caller with time to spare (storing less than it takes to parse)
     shares the parsing instead of waiting for the worker.
     """
-    pending: _Pending | None = None
-    submitted: _Pending | None = None
+    pending: Pending | None = None
+    submitted: Pending | None = None
     try:
-        for items in batches:
-            submitted = _submit(items, max_bytes)
+        for index, items in enumerate(batches):
+            submitted = first if index == 0 and first is not None else submit(items, max_bytes)
             if pending is not None:
                 yield pending.result()
             pending, submitted = submitted, None
@@ -181,7 +182,7 @@ def prepared_batches(
                 left.cancel()
 
 
-class _Pending:
+class Pending:
     """A batch being prepared: in parts by the worker, or (without one) in-process."""
 
     def __init__(self, items: list[Incoming], max_bytes: int) -> None:
@@ -224,8 +225,8 @@ class _Pending:
                 future.cancel()
 
 
-def _submit(items: list[Incoming], max_bytes: int) -> _Pending:
-    pending = _Pending(items, max_bytes)
+def submit(items: list[Incoming], max_bytes: int) -> Pending:
+    pending = Pending(items, max_bytes)
     pool = _get_pool() if len(items) >= POOL_THRESHOLD else None
     if pool is None:
         return pending

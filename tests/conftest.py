@@ -132,7 +132,7 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Doveco
     reason = servers.dovecot_unavailable_reason()
     if reason:
         unavailable(reason)
-    server = servers.Dovecot.start(tmp_path_factory.mktemp("dovecot"), users=60)
+    server = servers.Dovecot.start(tmp_path_factory.mktemp("dovecot"), users=80)
     try:
         yield server
     finally:

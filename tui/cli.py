@@ -4,6 +4,7 @@ load textual, and each subcommand imports only what it uses."""
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -327,8 +328,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if not settings.mailbox:
         raise UserError("no [[mailbox]] in the config: nothing to poll", EXIT_USAGE)
     # So are the IMAP connections (TLS, login, SELECT), each in a thread: the first
-    # pass takes them (imapconn.connect), or the error opening one failed with.
-    imapconn.open_early(settings.mailbox)
+    # pass takes them (imapconn.connect), or the error opening one failed with. Each
+    # thread then begins its mailbox's first pass (imapwire.prefetch: SEARCH, the first
+    # batch fetched and handed to the parse worker), which the pass takes if the sync
+    # state it reads agrees.
+    from mail import imapwire
+
+    imapconn.open_early(settings.mailbox, functools.partial(imapwire.prefetch, settings))
     try:
         from mail.poller import poll_once, run_forever
         from store.workspace import open_workspace

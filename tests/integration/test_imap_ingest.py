@@ -10,6 +10,7 @@ the installed ``deskq`` script). Waiting is always on a condition with a deadlin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,11 +34,11 @@ from imapclient.exceptions import IMAPClientError
 from sqlalchemy import func, select
 
 import mail.imap as imap_module
-from mail import imapconn
+from mail import imapconn, imapwire, pipeline
 from mail.imap import ImapSource, connected
 from mail.ingest import Ingestor, Outcome
 from mail.poller import MailboxStatus, MailboxWorker, poll_once, run_forever
-from store import services
+from store import peek, services
 from store.config import MailboxSettings, parse_settings
 from store.models import (
     Direction,
@@ -847,10 +848,11 @@ def test_an_email_larger_than_deskq_stores_is_not_fetched_and_a_stand_in_says_so
     monkeypatch.setattr(imap_module, "STORE_LIMIT", 200_000)
     ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml()))
     batches = record_batch_sizes(monkeypatch)
+    sized = record_args(monkeypatch, imapwire, "send_fetch", lambda _, uids, __: uids)
     fetched = record_args(monkeypatch, imap_module, "send_fetch", lambda _, uids, __: uids)
     [status] = poll_ok(ws)
     assert status.stored == 3 and acct.unseen() == [2]
-    assert fetched == ["1:3", "1", "3"]  # the sizes, then each side of UID 2, never it
+    assert (sized, fetched) == (["1:3"], ["1", "3"])  # the sizes; each side of UID 2, never it
     assert len(batches) == 3
     with ws.db.session() as s:
         subjects = set(s.scalars(select(Ticket.subject)))
@@ -1896,3 +1898,99 @@ def test_an_early_connection_nothing_takes_in_time_is_logged_out_by_itself(
     wait_until(lambda: logged_out(opened[0]), 5, "the early connection to be logged out")
     poll_ok(ws)  # the pass connects anew
     assert len(opened) == 2
+
+
+def _start_early(ws: Workspace) -> None:
+    """What ``deskq poll`` does while it starts: each IMAP mailbox connected in a
+    thread, which then begins the mailbox's first pass (imapwire.prefetch)."""
+    imapconn.open_early(ws.settings.mailbox, functools.partial(imapwire.prefetch, ws.settings))
+
+
+@pytest.fixture
+def fetches(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The UID sets of every FETCH from now on: sent by the early start, by the pass."""
+    monkeypatch.setattr(pipeline, "POOL_THRESHOLD", 2)  # (early starts need a batch this big)
+    seen: dict[str, list[str]] = {"early": [], "pass": []}
+
+    def pick(_: IMAPClient, uids: str, __: str) -> None:
+        early = threading.current_thread().name.startswith("connect-")
+        seen["early" if early else "pass"].append(uids)
+
+    record_args(monkeypatch, imapwire, "send_fetch", pick)  # (sizes; the early start's)
+    record_args(monkeypatch, imap_module, "send_fetch", pick)  # (the pass's batches)
+    return seen
+
+
+def test_the_first_pass_goes_on_from_its_early_start(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    fetches: dict[str, list[str]],
+) -> None:
+    """While ``deskq poll`` starts, each mailbox's first pass is begun: SEARCH, sizes,
+    the first batch fetched and handed to the parse worker. The pass goes on from
+    there, asking the server for none of it again, with every message stored once."""
+    acct = account()
+    acct.multiappend([email(f"Projector {n}") for n in range(1, 8)])
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=3))
+    _start_early(ws)
+    [status] = poll_ok(ws)
+    assert fetches == {"early": ["1:7", "1,2,3"], "pass": ["4,5,6", "7"]}
+    assert status.stored == 7 and count(ws, RawSource) == 7 and acct.unseen() == []
+    assert len(opened) == 1
+    with ws.db.session() as s:
+        subjects = sorted(s.scalars(select(Ticket.subject)))
+    assert subjects == [f"Projector {n}" for n in range(1, 8)]
+
+
+def test_an_early_start_from_another_sync_state_is_not_used(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    fetches: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The early start reads the sync state without the database layer; if the pass
+    reads another (a poller elsewhere stored mail meanwhile), it starts afresh on the
+    same connection: nothing stored twice, nothing missed."""
+    acct = account()
+    acct.multiappend([email(f"Blinds {n}") for n in range(1, 3)])
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=3))
+    poll_ok(ws)
+    acct.multiappend([email(f"Blinds {n}") for n in range(3, 8)])
+    monkeypatch.setattr(peek, "sync_state", lambda *_: (None, 0))  # as read before that pass
+    del fetches["early"][:], fetches["pass"][:]
+    _start_early(ws)
+    [status] = poll_ok(ws)
+    assert fetches == {"early": ["1:7", "1,2,3"], "pass": ["3:7", "3,4,5", "6,7"]}
+    assert status.stored == 5 and count(ws, RawSource) == 7 and acct.unseen() == []
+    assert len(opened) == 2  # the first pass's, and the early one, taken
+
+
+def test_an_early_start_the_server_refuses_leaves_the_pass_to_meet_it(
+    account: Callable[[], Account],
+    workspaces: Callable[[str], Workspace],
+    sqlite_url: str,
+    opened: list[IMAPClient],
+    fetches: dict[str, list[str]],
+) -> None:
+    """A message the server cannot read in the first batch ends the early start's
+    connection (Dovecot answers BYE): it is closed, and the pass connects anew and
+    handles the message its usual way (a stand-in ticket, the rest stored)."""
+    acct = account()
+    acct.multiappend([email(f"Heating {n}") for n in range(1, 6)])
+    ws = workspaces(config_toml(sqlite_url, acct.mailbox_toml(), batch_size=3))
+    acct.count()  # Dovecot has indexed them
+    maildir = acct.dovecot.maildir(acct.user)
+    with unreadable_on_disk(maildir, _message_files(maildir)[1]):
+        _start_early(ws)
+        poll_ok(ws)
+        assert fetches["early"] == ["1:5", "1,2,3"]
+        assert fetches["pass"][:2] == ["1:5", "1,2,3"]  # all asked for again
+        assert len(opened) >= 2 and logged_out(opened[0])
+        assert count(ws, RawSource) == 5 and acct.unseen() == [2]
+    with ws.db.session() as s:
+        flagged = s.scalars(select(TicketFlag.flag).where(TicketFlag.flag == "unreadable"))
+        assert list(flagged) == ["unreadable"]

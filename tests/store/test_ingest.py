@@ -1402,9 +1402,7 @@ def test_a_long_body_is_kept_whole_its_first_part_searched(desk: Desk) -> None:
     raw = (
         "From: Bob <bob@corp.example>\nTo: it-help@corp.example\nSubject: Long log\n"
         "Message-ID: <long-1@corp.example>\nMIME-Version: 1.0\n"
-        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
-        + body
-        + "\n"
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n" + body + "\n"
     ).encode()
     tid = desk.deliver(raw).tickets[0]
     short = desk.deliver(email(subject="Short one")).tickets[0]

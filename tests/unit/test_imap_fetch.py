@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from mail.imap import ImapSource, _internaldate, _Line
+from mail.imap import ImapSource, _Line
 from mail.imapconn import ImapError
+from mail.imapwire import internaldate as _internaldate
 from store.config import parse_settings
 
 CONFIG = (

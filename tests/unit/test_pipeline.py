@@ -48,7 +48,7 @@ def test_batches_through_the_worker_come_back_in_order(monkeypatch: pytest.Monke
 
 def test_parts_the_worker_has_not_begun_are_parsed_by_the_caller() -> None:
     items = [item(i) for i in range(300)]
-    pending = pipeline._Pending(items, LIMIT)
+    pending = pipeline.Pending(items, LIMIT)
     first: Future[list[Prepared]] = Future()
     first.set_running_or_notify_cancel()  # the worker has begun it: cannot be taken back
     waiting: list[Future[list[Prepared]]] = [Future(), Future()]  # not begun
@@ -63,7 +63,7 @@ def test_parts_the_worker_has_not_begun_are_parsed_by_the_caller() -> None:
 def test_a_begun_part_stops_the_caller_from_taking_earlier_ones() -> None:
     """The worker takes parts in order: once the last has begun, every earlier one has."""
     items = [item(i) for i in range(200)]
-    pending = pipeline._Pending(items, LIMIT)
+    pending = pipeline.Pending(items, LIMIT)
     earlier: Future[list[Prepared]] = Future()  # left as if begun: it must not be cancelled
     pending.parts = [(items[:100], earlier), (items[100:], done_future(items[100:]))]
     threading.Timer(0.05, lambda: earlier.set_running_or_notify_cancel()).start()
@@ -76,7 +76,7 @@ def test_a_begun_part_stops_the_caller_from_taking_earlier_ones() -> None:
 
 def test_a_dead_worker_leaves_its_parts_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
     items = [item(i) for i in range(200)]
-    pending = pipeline._Pending(items, LIMIT)
+    pending = pipeline.Pending(items, LIMIT)
     broken: list[Future[list[Prepared]]] = []
     for _ in range(2):
         future: Future[list[Prepared]] = Future()
