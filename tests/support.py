@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,3 +62,14 @@ def record_args(
 
     monkeypatch.setattr(owner, name, recording)
     return calls
+
+
+def modules_loaded_by(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules named with one of ``prefixes`` that a fresh interpreter has loaded
+    once it has run ``code`` (to show a start-up path leaves heavy modules out)."""
+    shown = f"print('\\n'.join(m for m in sys.modules if m.startswith({prefixes!r})))"
+    script = f"import sys\n{code}\n{shown}"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return sorted(done.stdout.split())

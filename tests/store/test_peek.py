@@ -3,8 +3,6 @@ of ``deskq poll``), the same as the database layer reads, or None when unsure.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from store import peek
 from store.db import Database
 from store.models import MailboxState
+from tests.support import modules_loaded_by
 
 
 def test_names_are_the_models() -> None:
@@ -64,9 +63,5 @@ def test_a_home_relative_path_is_expanded(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_imports_no_database_layer() -> None:
     """It runs while `deskq poll` is still importing SQLAlchemy: it must not wait on it."""
-    code = (
-        "import sys, store.peek, mail.imapwire\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('sqlalchemy', 'store.models'))))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    code = "import store.peek, mail.imapwire"
+    assert modules_loaded_by(code, ("sqlalchemy", "store.models")) == []
