@@ -9,7 +9,6 @@ thread imports SQLAlchemy, so it must not wait on those imports.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,8 +22,6 @@ from mail.imapconn import ImapError, Selected
 from mail.prepare import STORE_LIMIT, Incoming
 from store import peek
 from store.config import MailboxSettings, Settings
-
-log = logging.getLogger(__name__)
 
 
 class ServerBye(IMAPClientAbortError):  # type: ignore[misc]

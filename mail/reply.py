@@ -208,10 +208,11 @@ def compose(
         raise services.ActionError("a reply needs some text")
     answered = _answered(session, ticket.id)
     text = wrap(text.rstrip()) + "\n\n"
-    if quote and answered is not None and answered.full_text.strip():
+    quoted = answered.full_text if quote and answered is not None else ""
+    if answered is not None and quoted.strip():
         when = f"{answered.date:%a %d %b %Y %H:%M}" if answered.date else "earlier"
         text += f"On {when}, {answered.from_addr} wrote:\n"
-        text += templates.quote(own_text(answered.full_text)) + "\n\n"
+        text += templates.quote(own_text(quoted)) + "\n\n"
     text += signature(settings, queue, ctx["provider"]["name"]) + "\n"
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # mail bodies may carry CRLF
     requester = session.get_one(Person, ticket.requester_id)
