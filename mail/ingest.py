@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import (
     InterfaceError,
     InternalError,
@@ -29,11 +30,11 @@ from mail.batch import Batch, SetupError
 from mail.loops import automatic_reasons, is_bounce
 from mail.parse import ParsedMessage, clean_text
 from mail.prepare import Incoming, Prepared
-from store import outbox
+from store import outbox, services
 from store.config import Settings
 from store.db import Database
 from store.leases import Lease, LeaseLost, fence
-from store.models import MailboxState, Message, Ticket, utcnow
+from store.models import Direction, MailboxState, Message, RawSource, Ticket, utcnow
 
 log = logging.getLogger(__name__)
 # Failures that say nothing about the email being stored: raised, never turned into a
@@ -112,6 +113,7 @@ class Ingestor:
                     raise  # the database or the setup, not the mail: retried later
                 log.exception("mailbox %s: batch failed; storing its messages one by one", mailbox)
                 outcomes = [self._store_alone(session, p, default_queue) for p in batch]
+            self._settle_stand_ins(session, batch, outcomes)
             uids = [p.item.uid for p in batch if p.item.uid is not None]
             if last_uid is None and uids:
                 last_uid = max(uids)
@@ -140,6 +142,44 @@ class Ingestor:
             p = dataclasses.replace(p, parsed=bare, too_large=False, text_more=None)
             with session.begin_nested():
                 return Batch(self, session, default_queue).run([p])[0]
+
+    def _settle_stand_ins(
+        self, session: Session, batch: Sequence[Prepared], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Stand-ins stored by earlier attempts for emails of this batch: their tickets
+        are linked to the emails' and resolved (store.services.settle_stand_in)."""
+        wanted: dict[str, tuple[Prepared, Outcome]] = {
+            p.item.stand_in: (p, outcome)
+            for p, outcome in zip(batch, outcomes, strict=True)
+            if p.item.stand_in is not None and not p.item.unreadable
+        }
+        if not wanted:
+            return
+        found = session.execute(
+            select(Message.message_id, Message.ticket_id).where(
+                Message.message_id.in_(list(wanted)), Message.direction == Direction.INBOUND
+            )
+        ).all()
+        for found_id, ticket_id in sorted(found, key=lambda row: row[1]):
+            stand_in_id = str(found_id)
+            p, outcome = wanted[stand_in_id]
+            stored_in = list(outcome.tickets)
+            if not stored_in:  # stored before (a duplicate): wherever that copy went
+                stored_in = list(
+                    session.scalars(
+                        select(Message.ticket_id)
+                        .join(RawSource, RawSource.id == Message.raw_id)
+                        .where(RawSource.identity == p.identity)
+                    )
+                )
+            try:
+                with session.begin_nested():
+                    services.settle_stand_in(session, ticket_id, stand_in_id, stored_in)
+            except Exception as exc:
+                if not_the_mail(exc):
+                    raise
+                # The email is stored; only its stand-in stays as it was.
+                log.exception("ticket #%s: could not settle this stand-in", ticket_id)
 
     def _advance(
         self, session: Session, mailbox: str, folder: str, uidvalidity: int, uid: int

@@ -83,6 +83,7 @@ class MaildirSource:
     def __init__(self, mailbox: MailboxSettings, settings: Settings, ingestor: Ingestor) -> None:
         self.mailbox, self.settings, self.ingestor = mailbox, settings, ingestor
         self.root = Path(mailbox.path or "").expanduser()
+        self.place = place_key(mailbox.name, str(self.root))  # names its stand-ins
         # cur/ names this process produced itself in the last pass (no need to re-read).
         self.handled: set[str] = set()
 
@@ -210,7 +211,12 @@ class MaildirSource:
                         continue
                     delivered = _delivery_time(path)
                     items.append(
-                        Incoming(raw=raw, mailbox=self.mailbox.name, received_at=delivered)
+                        Incoming(
+                            raw=raw,
+                            mailbox=self.mailbox.name,
+                            received_at=delivered,
+                            stand_in=self._stand_in_id(path),
+                        )
                     )
                     found.append(path)
                 paths.append(found)
@@ -238,7 +244,8 @@ class MaildirSource:
             "deskq could not read this email: reading its file failed (the file's "
             "permissions, or a disk error).",
             "Make it readable by the user deskq runs as, or repair the disk: deskq tries "
-            "it again on every pass, and then stores it as an email of its own.",
+            "it again on every pass, then stores it as an email of its own and resolves "
+            "this ticket, linked to that email's.",
             f"reading the file failed: {str(why)[:300]}",
         )
 
@@ -263,7 +270,7 @@ class MaildirSource:
         """
         box = self.mailbox
         base = path.name.partition(":2,")[0]
-        message_id = stand_in_id(place_key(base), place_key(box.name, str(self.root)))
+        message_id = self._stand_in_id(path)
         with self.ingestor.db.session() as session:
             stored = session.scalar(
                 select(Message.id).where(Message.message_id == message_id).limit(1)
@@ -281,6 +288,11 @@ class MaildirSource:
             received_at=_delivery_time(path),
         )
         return [item]
+
+    def _stand_in_id(self, path: Path) -> str:
+        """The Message-ID of the stand-in for the file at ``path`` (see _stand_in)."""
+        base = path.name.partition(":2,")[0]
+        return stand_in_id(place_key(base), self.place)
 
     def _clock_ns(self) -> int:
         """Now, by the clock that stamps the Maildir's files.

@@ -36,6 +36,10 @@ class Incoming:
     # account of it (a ticket says what happened), and the email itself is left where
     # it is, untouched: no after-action, no sync record of its UID.
     unreadable: str | None = None
+    # The Message-ID a stand-in for this email would have (mail.standin) when its source
+    # may have stored one on an earlier attempt: once this email is stored, that
+    # stand-in's ticket is linked to where the email went, and resolved.
+    stand_in: str | None = None
 
 
 @dataclass

@@ -435,6 +435,45 @@ def link(
     return change.flush()
 
 
+# The kind of link between a stand-in's ticket and those its email went to once read.
+STAND_IN_LINK = "stand-in"
+
+
+def settle_stand_in(
+    session: Session, ticket_id: int, stand_in_id: str, stored_in: Iterable[int]
+) -> Ticket:
+    """The email a stand-in (a ticket flagged unreadable) stood for is stored now.
+
+    ``stand_in_id``: the stand-in's Message-ID; ``stored_in``: the tickets the email
+    went to (none: deskq's own mail). The stand-in's ticket is linked to each and
+    resolved: its work is done. Unless it is resolved or closed already, or holds other
+    mail (a provider merged some into it): then it is only linked. Done by deskq, at
+    whatever version the ticket has.
+    """
+    change = _Change(session, ticket_id, None, None)
+    stored = sorted({t for t in stored_in if t != ticket_id})
+    for other_id in stored:
+        other = session.get(Ticket, other_id)
+        if other is not None and _link_pair(session, ticket_id, other_id, STAND_IN_LINK):
+            change.event("link", {"other": other_id, "kind": STAND_IN_LINK})
+            data = {"other": ticket_id, "kind": STAND_IN_LINK}
+            _bump(session, other, "link", None, data, change.at)
+    ticket = change.ticket
+    other_mail = session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.ticket_id == ticket_id,
+            Message.direction == Direction.INBOUND,
+            Message.message_id.is_distinct_from(stand_in_id),
+        )
+    )
+    if ticket.status not in (Status.RESOLVED, Status.CLOSED) and not other_mail:
+        where = ", ".join(f"#{t}" for t in stored) or "deskq's own mail, no ticket"
+        change.set_status(Status.RESOLVED, f"its email was read: {where}")
+    return change.flush()
+
+
 def _bump(
     session: Session,
     ticket: Ticket,

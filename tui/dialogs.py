@@ -191,6 +191,8 @@ def describe_change(kind: str, actor: str | None, data: dict[str, object]) -> st
     detail = ""
     if "from" in data or "to" in data:
         detail = f": {data.get('from') or '-'} → {data.get('to') or '-'}"
+        if data.get("reason"):
+            detail += f" ({data['reason']})"
     elif data:
         detail = ": " + ", ".join(f"{k} {v}" for k, v in sorted(data.items()))
     return f"{kind} by {actor or 'deskq'}{detail}"

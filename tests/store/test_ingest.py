@@ -500,6 +500,102 @@ def test_a_file_owed_from_an_earlier_pass_survives_a_stopped_pass(
     assert folders == {"maildir:cur"}
 
 
+def _stand_in_of(desk: Desk, name: str) -> int:
+    """The ticket standing in for the file ``name``."""
+    with desk.ws.db.session() as s:
+        tid = s.scalar(
+            select(Ticket.id).where(Ticket.subject.startswith(f"Unreadable message: file {name} "))
+        )
+    assert tid is not None
+    return int(tid)
+
+
+def _status_events(desk: Desk, tid: int) -> list[dict[str, Any]]:
+    return [data for kind, data in desk.events(tid) if kind == "status"]
+
+
+def test_a_stand_in_is_resolved_when_its_email_is_read_at_last(
+    make_desk: Callable[..., Desk], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the file a stand-in stood for is stored, the stand-in's work is done: its
+    ticket is linked to where the email went and resolved, in the same transaction."""
+    desk = make_desk(db_url)
+    refused = _refuse_reads(monkeypatch, PermissionError(13, "Permission denied"))
+    plain = desk.drop(email(subject="VPN down"))
+    claimed = desk.drop(email(subject="Laptop stolen"))
+    handled = desk.drop(email(subject="Badge lost"))
+    copy = email(subject="Printer jam")
+    again = desk.drop(copy)
+    refused.update(p.name for p in (plain, claimed, handled, again))
+    assert [o.disposition for o in desk.poll()] == ["parse-error"] * 4  # four stand-ins
+    stand_ins = {p: _stand_in_of(desk, p.name) for p in (plain, claimed, handled, again)}
+    # Providers act on two of them meanwhile; the fourth file's email arrives in
+    # another file too, readable (an MTA delivering it twice): stored from that one.
+    desk.act(services.claim, stand_ins[claimed])
+    desk.act(services.set_status, stand_ins[handled], Status.RESOLVED)
+    desk.drop(copy)
+    (first_copy,) = desk.poll()
+    assert first_copy.disposition == "new-ticket"
+    assert desk.poll() == []  # nothing read twice, no second stand-in
+    refused.clear()  # readable again
+    outcomes = {o.tickets: o.disposition for o in desk.poll()}
+    assert sorted(outcomes.values()) == ["duplicate", "new-ticket", "new-ticket", "new-ticket"]
+    with desk.ws.db.session() as s:
+        read_as = {
+            p: s.scalar(select(Ticket.id).where(Ticket.subject == subject))
+            for p, subject in (
+                (plain, "VPN down"),
+                (claimed, "Laptop stolen"),
+                (handled, "Badge lost"),
+                (again, "Printer jam"),
+            )
+        }
+    assert read_as[again] == first_copy.tickets[0]  # the duplicate: where its copy went
+    for path, stand_in in stand_ins.items():
+        tid = read_as[path]
+        assert desk.links(stand_in) == {(tid, "stand-in")}
+        assert desk.links(tid) == {(stand_in, "stand-in")}
+        assert ("link", {"other": stand_in, "kind": "stand-in"}) in desk.events(tid)
+        assert "unreadable" in desk.flags(stand_in) and "unreadable" not in desk.flags(tid)
+    for path in (plain, claimed, again):
+        assert desk.ticket(stand_ins[path]).status == Status.RESOLVED
+        assert _status_events(desk, stand_ins[path])[-1] == {
+            "from": "new" if path is not claimed else "open",
+            "to": "resolved",
+            "reason": f"its email was read: #{read_as[path]}",
+        }
+    assert desk.ticket(stand_ins[claimed]).assignee_id is not None  # kept: only resolved
+    # Resolved by a provider already: linked, its history otherwise left alone.
+    assert len(_status_events(desk, stand_ins[handled])) == 1
+    assert desk.poll() == []
+    assert desk.files("new") == []
+
+
+def test_a_stand_in_that_holds_other_mail_is_only_linked(
+    make_desk: Callable[..., Desk], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider merged a stand-in into a real conversation: when its email is read,
+    that conversation is linked to it, not resolved."""
+    desk = make_desk(sqlite_url)
+    refused = _refuse_reads(monkeypatch, PermissionError(13, "Permission denied"))
+    conversation = desk.deliver(email(subject="Monitor flickers")).tickets[0]
+    bad = desk.drop(email(subject="Monitor flickers, photo attached"))
+    refused.add(bad.name)
+    desk.poll()
+    stand_in = _stand_in_of(desk, bad.name)
+    with desk.ws.db.write() as s:
+        actor = services.get_or_create_person(s, PROVIDER, provider=True)
+        versions = {t.id: t.version for t in s.scalars(select(Ticket))}
+        services.merge(s, stand_in, versions[stand_in], conversation, versions[conversation], actor)
+    refused.clear()
+    (outcome,) = desk.poll()
+    assert outcome.disposition == "new-ticket"
+    (read_as,) = outcome.tickets
+    assert (read_as, "stand-in") in desk.links(conversation)
+    assert desk.ticket(conversation).status == Status.NEW
+    assert _status_events(desk, conversation) == []
+
+
 def test_mail_put_in_cur_is_read_whatever_this_machines_clock_says(
     make_desk: Callable[..., Desk],
     sqlite_url: str,

@@ -8,7 +8,7 @@ from textual.widgets import Static, TextArea
 from store import services
 from store.models import Priority, Status, Ticket, TicketFlag
 from tests.tui.conftest import ME, OTHER, UI, Demo, plain, running
-from tui.dialogs import ChoiceDialog, ConflictDialog, NoteDialog
+from tui.dialogs import ChoiceDialog, ConflictDialog, NoteDialog, describe_change
 
 
 def new_ticket(demo: Demo) -> int:
@@ -311,3 +311,16 @@ async def test_conflict_on_marked_tickets_names_only_the_changed_one(demo_ws: De
         ("status", ME),
     ]
     assert demo_ws.detail(second).ticket.status == "on-hold"
+
+
+def test_a_change_reads_as_one_line_with_its_reason() -> None:
+    assert describe_change("status", None, {"from": "new", "to": "open"}) == (
+        "status by deskq: new → open"
+    )
+    reason = {"from": "new", "to": "resolved", "reason": "its email was read: #12"}
+    assert describe_change("status", "bob@corp", reason) == (
+        "status by bob@corp: new → resolved (its email was read: #12)"
+    )
+    assert describe_change("link", None, {"other": 5, "kind": "stand-in"}) == (
+        "link by deskq: kind stand-in, other 5"
+    )
