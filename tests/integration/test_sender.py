@@ -283,6 +283,46 @@ def test_command_transport(
         assert f"exited with {exit_code}" in row(db, oid).last_error
 
 
+def test_command_transport_passes_non_ascii_mail_byte_for_byte(
+    db: Database, tmp_path: Path
+) -> None:
+    """Names, subject and body beyond ASCII reach the program exactly as queued (no
+    re-encoding on the way to its stdin), and read back as the same text; its stderr
+    in any encoding becomes a readable error."""
+    with db.write() as s:
+        sync_queues(s, parse_settings(QUEUE))
+        queue = s.scalars(select(Queue)).one()
+        emp = services.get_or_create_person(s, "zoe@corp.example", "Zoë Ørsted")
+        t = services.open_ticket(s, queue=queue, requester=emp, subject="Café Wi-Fi")
+        item = enqueue_reply(
+            s,
+            queue,
+            t,
+            "Re: Café Wi-Fi — ça marche",
+            "Grüße! The Wi-Fi at the café works again. 日本語も大丈夫です。\n",
+            from_name="Åsa via IT Help",
+            to=(("Zoë Ørsted", "zoe@corp.example"),),
+        )
+        oid, queued, tid = item.id, item.raw, t.id
+    out = tmp_path / "got.eml"
+    command = _script(tmp_path, f'cat > "{out}"\n')
+    settings = parse_settings(QUEUE + f'[sending]\nmethod = "command"\ncommand = "{command} -t"\n')
+    assert sender.send_due(db, sender.make_transport(settings.sending)).sent == [oid]
+    assert out.read_bytes() == queued
+    got = parse(out.read_bytes())
+    assert got.text.startswith("Grüße! The Wi-Fi at the café works again. 日本語も大丈夫です。")
+    assert got.subject == f"[IT #{tid}] Re: Café Wi-Fi — ça marche"
+    assert got.from_name == "Åsa via IT Help"
+    assert got.to == (("Zoë Ørsted", "zoe@corp.example"),)
+    # A program complaining in Latin-1 (not UTF-8): the error is still readable text.
+    _, failing, _ = queue_one(db)
+    latin = _script(tmp_path, "cat > /dev/null\nprintf 'Empf\\344nger unbekannt\\n' >&2\nexit 1\n")
+    settings = parse_settings(QUEUE + f'[sending]\nmethod = "command"\ncommand = "{latin}"\n')
+    sender.send_due(db, sender.make_transport(settings.sending))
+    assert row(db, failing).state == OutboxState.FAILED
+    assert row(db, failing).last_error.endswith("exited with 1: Empf\ufffdnger unbekannt")
+
+
 def test_folder_transport_writes_eml_files(db: Database, tmp_path: Path) -> None:
     _, oid, mid = queue_one(db)
     settings = parse_settings(
