@@ -191,8 +191,11 @@ class Database:
         busy_timeout_ms: int = 10_000,
         upgrade: bool = True,
         cache_mb: int = 64,
+        report: Any = None,
     ) -> Database:
         """Connect, check the schema and (by default) migrate it to head.
+
+        ``report(line)``: told how a migration goes (see :func:`store.migrate.upgrade`).
 
         ``cache_mb`` is SQLite's page cache per connection: large for bulk ingestion,
         small for the TUI, whose few rows per page need little and whose memory counts.
@@ -214,7 +217,7 @@ class Database:
             ) from None
         db = cls(engine)
         if upgrade:
-            migrate.upgrade(db.engine)
+            migrate.upgrade(db.engine, report)
         else:
             migrate.check_not_newer(db.engine)
         return db

@@ -6,6 +6,9 @@ already current; Alembic itself is imported only when there is work to do.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,11 @@ from store.db import DatabaseError, masked
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+log = logging.getLogger(__name__)
+
+# Told each line of a migration's progress (besides the log): e.g. a terminal's stderr.
+Report = Callable[[str], None]
 
 # The newest revision in store/migrations/versions (a test keeps these in step).
 SCHEMA_HEAD = "0014"
@@ -96,8 +104,14 @@ def check_not_newer(engine: Engine) -> str | None:
         return revision
 
 
-def upgrade(engine: Engine) -> bool:
-    """Migrate to head; returns whether anything was applied. Safe to run concurrently."""
+def upgrade(engine: Engine, report: Report | None = None) -> bool:
+    """Migrate to head; returns whether anything was applied. Safe to run concurrently.
+
+    Migrating a database that holds deskq's data says so first (it may take minutes
+    on a large one, with every other deskq process waiting), then each step as it
+    is applied, with its time: logged, and told to ``report`` too. A new, empty
+    database is set up without a word.
+    """
     if check_not_newer(engine) == SCHEMA_HEAD:
         return False
     from alembic import command
@@ -110,5 +124,55 @@ def upgrade(engine: Engine) -> bool:
         _refuse_newer(conn, revision)
         if revision == SCHEMA_HEAD:
             return False
-        command.upgrade(alembic_config(conn), "head")
+        config = alembic_config(conn)
+        if revision is not None:
+            config.attributes["on_step"] = _Progress(engine, revision, report)
+        command.upgrade(config, "head")
+        if revision is not None:
+            config.attributes["on_step"].done()
     return True
+
+
+class _Progress:
+    """Says what a migration of an existing database is doing, step by step."""
+
+    def __init__(self, engine: Engine, revision: str, report: Report | None) -> None:
+        self.report = report
+        self.begun = self.last = time.monotonic()
+        steps = _steps_after(revision)
+        self.total, self.count = len(steps), 0
+        self.say(
+            f"migrating the database {masked(engine.url)} from schema {revision} to "
+            f"{SCHEMA_HEAD} ({self.total} step{'s' if self.total != 1 else ''}); on a large "
+            "database this takes a while, and other deskq processes wait: let it finish"
+        )
+
+    def say(self, line: str) -> None:
+        log.info("%s", line)
+        if self.report is not None:
+            self.report(line)
+
+    def __call__(self, revision: str, doc: str) -> None:
+        """Alembic applied ``revision`` (see migrations/env.py)."""
+        now = time.monotonic()
+        self.count += 1
+        what = f" ({doc.strip().splitlines()[0]})" if doc.strip() else ""
+        self.say(
+            f"schema {revision}{what} applied in {now - self.last:.1f} s "
+            f"[{self.count}/{self.total}]"
+        )
+        self.last = now
+
+    def done(self) -> None:
+        self.say(
+            f"database migrated to schema {SCHEMA_HEAD} in {time.monotonic() - self.begun:.1f} s"
+        )
+
+
+def _steps_after(revision: str) -> list[str]:
+    """The revisions from ``revision`` (excluded) up to the head, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    steps = [rev.revision for rev in script.iterate_revisions("head", revision)]
+    return list(reversed(steps))

@@ -33,13 +33,19 @@ class Workspace:
 
 
 def open_workspace(
-    settings: Settings, *, upgrade: bool = True, cache_mb: int = 64, progress: Any = None
+    settings: Settings,
+    *,
+    upgrade: bool = True,
+    cache_mb: int = 64,
+    progress: Any = None,
+    report: Any = None,
 ) -> Workspace:
     """Open (and by default migrate) the configured database and mirror the queues into it.
 
     ``cache_mb``: SQLite page cache per connection (see :meth:`Database.open`).
     SLA clocks are kept from here on; after a change of calendar or SLA rules they are
-    recomputed first, calling ``progress(done, total)`` between chunks.
+    recomputed first, calling ``progress(done, total)`` between chunks. ``report(line)``:
+    told how a migration goes (see :func:`store.migrate.upgrade`).
     """
     password = resolve_password(settings.database, "[database]")
     db = Database.open(
@@ -48,6 +54,7 @@ def open_workspace(
         busy_timeout_ms=settings.database.busy_timeout_ms,
         upgrade=upgrade,
         cache_mb=cache_mb,
+        report=report,
     )
     with db.session() as session:
         owner = access.is_owner(session)

@@ -285,9 +285,9 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-def open_for_tui(settings: Settings, progress: Any = None) -> Workspace:
+def open_for_tui(settings: Settings, progress: Any = None, report: Any = None) -> Workspace:
     """The workspace as the TUI opens it (a smaller page cache than bulk ingestion)."""
-    return open_workspace(settings, cache_mb=TUI_CACHE_MB, progress=progress)
+    return open_workspace(settings, cache_mb=TUI_CACHE_MB, progress=progress, report=report)
 
 
 def make_app(

@@ -48,10 +48,16 @@ def clock_progress(done: int, total: int) -> None:
         sys.stderr.flush()
 
 
+def migration_report(line: str) -> None:
+    """How a migration of the database goes (a log line says it too, for services)."""
+    if sys.stderr.isatty():
+        print(f"deskq: {line}", file=sys.stderr, flush=True)
+
+
 def _workspace(args: argparse.Namespace) -> Workspace:
     from store.workspace import open_workspace
 
-    return open_workspace(_settings(args), progress=clock_progress)
+    return open_workspace(_settings(args), progress=clock_progress, report=migration_report)
 
 
 # --------------------------------------------------------------------------- commands
@@ -62,7 +68,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from store.config import load_settings, resolve_config_path
     from tui.app import open_for_tui
 
-    ws = open_for_tui(load_settings(resolve_config_path(args.config)), progress=clock_progress)
+    ws = open_for_tui(
+        load_settings(resolve_config_path(args.config)),
+        progress=clock_progress,
+        report=migration_report,
+    )
     try:
         return run_tui(ws, poll=not args.no_poll)
     finally:
@@ -155,7 +165,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.write_text(starter_config(me, url, maildir), encoding="utf-8")
         print(f"config: wrote {path}")
     settings = load_settings(path)
-    ws = open_workspace(settings)
+    ws = open_workspace(settings, report=migration_report)
     try:
         from store.db import masked
 
@@ -190,7 +200,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         upgrade=False,
     )
     try:
-        changed = migrate.upgrade(db.engine)
+        changed = migrate.upgrade(db.engine, lambda line: print(f"deskq: {line}", file=sys.stderr))
         state = "migrated to" if changed else "already at"
         print(f"database {masked(db.engine.url)}: {state} schema {migrate.SCHEMA_HEAD}")
     finally:
@@ -339,7 +349,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         from mail.poller import poll_once, run_forever
         from store.workspace import open_workspace
 
-        ws = open_workspace(settings, progress=clock_progress)
+        ws = open_workspace(settings, progress=clock_progress, report=migration_report)
     except BaseException:
         imapconn.discard_early()
         raise

@@ -23,7 +23,14 @@ def run() -> None:
 
 
 def _run(connection: Any) -> None:
+    on_step: Any = context.config.attributes.get("on_step")  # store.migrate's progress
+
+    def applied(ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        script = step.up_revision
+        on_step(step.up_revision_id, (script.doc or "") if script is not None else "")
+
     context.configure(
+        on_version_apply=applied if on_step is not None else None,
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",

@@ -226,6 +226,33 @@ def test_db_upgrade_when_current(installed: Installed) -> None:
     assert result.stdout == f"database sqlite:///{db_file}: already at schema {SCHEMA_HEAD}\n"
 
 
+def test_db_upgrade_of_an_older_database_says_each_step(tmp_path: Path) -> None:
+    from alembic import command
+
+    from store import migrate
+    from store.db import Database
+
+    config = tmp_path / "deskq.toml"
+    env = make_env(tmp_path, config)
+    assert run(env, "init", "--data-dir", str(tmp_path / "data")).returncode == 0
+    db = Database.open(f"sqlite:///{tmp_path / 'data' / 'deskq.db'}")
+    with db.engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "-1")
+    db.close()
+    result = run(env, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("deskq: migrating the database sqlite:///")
+    before = f"{int(SCHEMA_HEAD) - 1:04d}"
+    assert f"from schema {before} to {SCHEMA_HEAD} (1 step); on a large database" in lines[0]
+    assert (
+        lines[1].startswith("deskq: schema 0014 (the body of a long message")
+        and "[1/1]" in lines[1]
+    )
+    assert lines[2].startswith(f"deskq: database migrated to schema {SCHEMA_HEAD} in ")
+    assert result.stdout.endswith(f": migrated to schema {SCHEMA_HEAD}\n")
+
+
 # --------------------------------------------------------------------------- config check
 
 CHECK_CONFIG = """\

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from store import codec, migrate, services
 from store.config import parse_settings
-from store.db import PAGE_SIZE, Database, DatabaseError
+from store.db import PAGE_SIZE, Database, DatabaseError, masked
 from store.models import Direction, Event, Message, Person, Priority, Queue, Status, Ticket
 from store.views import iter_tickets, search_ticket_ids, ticket_detail
 from store.workspace import open_workspace, sync_queues
@@ -112,6 +114,43 @@ def test_upgrade_and_downgrade_round_trip(db_url: str) -> None:
         assert migrate.current_revision(conn) is None
     assert migrate.upgrade(db.engine) is True
     assert migrate.upgrade(db.engine) is False
+    db.close()
+
+
+def test_migrating_a_database_in_use_says_how_it_goes(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An existing database: what is migrated, then each step with its time (a large
+    database takes a while and every other deskq process waits). A new one: silent."""
+    from alembic import command
+
+    db, _ = _one_ticket_at(db_url, "0011")
+    lines: list[str] = []
+    caplog.set_level(logging.INFO, logger="store.migrate")
+    assert migrate.upgrade(db.engine, lines.append) is True
+    head = int(migrate.SCHEMA_HEAD)
+    steps = [f"{n:04d}" for n in range(12, head + 1)]
+    assert lines[0].startswith("migrating the database ")
+    assert lines[0].endswith(
+        f" from schema 0011 to {migrate.SCHEMA_HEAD} ({len(steps)} steps); on a large "
+        "database this takes a while, and other deskq processes wait: let it finish"
+    )
+    assert lines[0].startswith(f"migrating the database {masked(db.engine.url)} from")
+    for i, (line, step) in enumerate(zip(lines[1:-1], steps, strict=True), start=1):
+        assert re.fullmatch(
+            rf"schema {step} \(.+\) applied in \d+\.\d s \[{i}/{len(steps)}\]", line
+        ), line
+    assert lines[1].startswith("schema 0012 (known copies: after-actions of messages that")
+    assert re.fullmatch(
+        rf"database migrated to schema {migrate.SCHEMA_HEAD} in \d+\.\d s", lines[-1]
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "store.migrate"] == lines
+    # From nothing (deskq init): no word.
+    with db.engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "base")
+    lines.clear()
+    assert migrate.upgrade(db.engine, lines.append) is True
+    assert lines == []
     db.close()
 
 
