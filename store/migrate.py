@@ -125,11 +125,11 @@ def upgrade(engine: Engine, report: Report | None = None) -> bool:
         if revision == SCHEMA_HEAD:
             return False
         config = alembic_config(conn)
-        if revision is not None:
-            config.attributes["on_step"] = _Progress(engine, revision, report)
+        progress = _Progress(engine, revision, report) if revision is not None else None
+        config.attributes["on_step"] = progress
         command.upgrade(config, "head")
-        if revision is not None:
-            config.attributes["on_step"].done()
+        if progress is not None:
+            progress.done()
     return True
 
 
